@@ -1,0 +1,213 @@
+"""Import official PyTorch VoV3D / X3D weights (PySlowFast checkpoints) into a Keras model.
+
+    python -m vov3d_tf.convert SRC --model vov3d_m --num-classes 174 --output OUT.keras
+
+SRC is a `.pth` / `.pyth` checkpoint (a dict with `model_state`, or a bare state_dict), read with
+`torch.load(weights_only=True)` so no pickled code runs, or an `.npz` of arrays under the official
+parameter names (like ../shared/reference/vov3d_m_parity.npz). Layout conversion follows
+ARCHITECTURE.md section 9: PyTorch `(Cout, Cin/groups, kT, kH, kW)` kernels become the
+channels-last kernels of `vov3d_tf.layers`.
+"""
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+
+from vov3d_tf import layers as L
+
+_BN_PARAMS = ("weight", "bias", "running_mean", "running_var")  # Keras order: gamma, beta, mean, var
+_IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+# PyTorch module path -> Keras layer name. Block-level parts (after `s{k}.pathway0_res{j}.`):
+_BLOCK_PARTS = {"branch1": "shortcut", "branch1_bn": "shortcut_bn"}
+_VOV3D_BRANCH2 = {"c": "agg", "c_bn": "agg_bn"}
+_VOV3D_UNIT = {"a.0": "a", "a.1": "a_bn", "b1": "b1", "b2": "b2", "b_bn": "b2_bn",
+               "se.fc1": "se_fc1", "se.fc2": "se_fc2", "c.0": "c", "c.1": "c_bn"}
+_X3D_BRANCH2 = {"a": "a", "a_bn": "a_bn", "b": "b", "b_bn": "b_bn", "c": "c", "c_bn": "c_bn",
+                "se.fc1": "se_fc1", "se.fc2": "se_fc2"}
+_STEM = {"conv_xy": "stem_conv_xy", "conv": "stem_conv_t", "bn": "stem_conv_t_bn"}
+_HEAD = {"conv_5": "head_conv_5", "conv_5_bn": "head_conv_5_bn", "lin_5": "head_lin_5",
+         "projection": "head_projection"}
+_BLOCK_RE = re.compile(r"^s([2-5])\.pathway0_res(\d+)\.(.+)$")
+_UNIT_RE = re.compile(r"^branch2\.layers\.(\d+)\.(.+)$")
+
+
+def keras_layer_name(module, family):
+    """Keras layer name for an official PyTorch module path, or None if it has no counterpart."""
+    if module.startswith("s1.pathway0_stem."):
+        return _STEM.get(module[len("s1.pathway0_stem."):])
+    if module.startswith("head."):
+        return _HEAD.get(module[len("head."):])
+    m = _BLOCK_RE.match(module)
+    if not m:
+        return None
+    prefix, rest = f"s{m.group(1)}_b{int(m.group(2))}", m.group(3)
+    if rest in _BLOCK_PARTS:
+        return f"{prefix}_{_BLOCK_PARTS[rest]}"
+    if not rest.startswith("branch2."):
+        return None
+    if family == "x3d":
+        part = _X3D_BRANCH2.get(rest[len("branch2."):])
+        return part and f"{prefix}_{part}"
+    u = _UNIT_RE.match(rest)
+    if u:
+        part = _VOV3D_UNIT.get(u.group(2))
+        return part and f"{prefix}_u{int(u.group(1))}_{part}"
+    part = _VOV3D_BRANCH2.get(rest[len("branch2."):])
+    return part and f"{prefix}_{part}"
+
+
+def torch_kernel_to_keras(layer, w):
+    """Convert one PyTorch conv/linear weight to `layer`'s kernel layout."""
+    if isinstance(layer, L.PointwiseConv3D):
+        return w.reshape(w.shape[0], -1).T  # (Cout, Cin[,1,1,1]) -> (Cin, Cout)
+    if isinstance(layer, L.SpatialConv):
+        if layer.depthwise:
+            return w[:, 0, 0].transpose(1, 2, 0)[..., None]  # (C,1,1,k,k) -> (k,k,C,1)
+        return w[:, :, 0].transpose(2, 3, 1, 0)  # (Co,Ci,1,k,k) -> (k,k,Ci,Co)
+    if isinstance(layer, L.TemporalDepthwiseConv):
+        return w[:, 0, :, 0, 0].T[:, None, :, None]  # (C,1,k,1,1) -> (k,1,C,1)
+    if isinstance(layer, L.DepthwiseConv3D):
+        return w[:, 0].transpose(1, 2, 3, 0)  # (C,1,3,3,3) -> (3,3,3,C)
+    raise TypeError(f"no PyTorch kernel conversion for layer {layer.name} "
+                    f"({type(layer).__name__})")
+
+
+def load_state_dict(path):
+    """Arrays under their PyTorch names from a .pth/.pyth checkpoint or an .npz file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("reading .pth/.pyth checkpoints needs PyTorch: "
+                          "pip install 'vov3d-tf[convert]'") from e
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report which file and why
+        raise ValueError(f"{path}: not a readable weights-only PyTorch checkpoint ({e})") from e
+    state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict or a dict with 'model_state'")
+    return {k.removeprefix("module."): v.detach().cpu().numpy()
+            for k, v in state.items() if hasattr(v, "detach")}
+
+
+def load_torch_weights(model, state):
+    """Copy a PyTorch state_dict (name -> array) into `model` (a trainable VideoClassifier).
+
+    Raises ValueError listing every missing, unexpected and mis-shaped key.
+    """
+    if model.fold_bn:
+        raise ValueError("load weights into the trainable model, then fold_batchnorm() it")
+    by_name = {layer.name: layer for layer in model.layers if layer.weights}
+    pending = {}  # layer name -> {param: array}
+    unexpected = []
+    for key, value in state.items():
+        if key.endswith(_IGNORED_SUFFIXES) or key in _FIXTURE_EXTRAS or key.startswith("feat_"):
+            continue
+        module, _, param = key.rpartition(".")
+        name = keras_layer_name(module, model.family)
+        if name is None or name not in by_name:
+            unexpected.append(key)
+            continue
+        pending.setdefault(name, {})[param] = np.asarray(value, np.float32)
+
+    missing, bad_shapes = [], []
+    assignments = []
+    for name, layer in by_name.items():
+        params = pending.get(name, {})
+        torch_module = _torch_module_hint(name)
+        if isinstance(layer, _bn_class()):
+            wanted = list(_BN_PARAMS)
+            arrays = [params.get(p) for p in wanted]
+        else:
+            wanted = ["weight"] + (["bias"] if len(layer.weights) > 1 else [])
+            arrays = [params.get("weight"), params.get("bias")][:len(wanted)]
+            if arrays[0] is not None:
+                try:
+                    arrays[0] = torch_kernel_to_keras(layer, arrays[0])
+                except (IndexError, ValueError) as e:
+                    bad_shapes.append(f"{torch_module}.weight: {params['weight'].shape} ({e})")
+                    continue
+        extra = sorted(set(params) - set(wanted))
+        unexpected += [f"{torch_module}.{p}" for p in extra]
+        for p, arr, var in zip(wanted, arrays, layer.weights):
+            if arr is None:
+                missing.append(f"{torch_module}.{p} (-> {name}/{var.name})")
+            elif tuple(arr.shape) != tuple(var.shape):
+                bad_shapes.append(f"{torch_module}.{p}: got {params[p].shape}, layer {name} "
+                                  f"expects {tuple(var.shape)} after conversion")
+        assignments.append((layer, arrays))
+    if missing or unexpected or bad_shapes:
+        lines = []
+        for title, items in (("missing", missing), ("unexpected", sorted(unexpected)),
+                             ("mis-shaped", bad_shapes)):
+            if items:
+                lines.append(f"{len(items)} {title} key(s):\n  " + "\n  ".join(items))
+        raise ValueError(f"checkpoint does not match {model.name} "
+                         f"({model.family}, {model.num_classes} classes):\n" + "\n".join(lines))
+    for layer, arrays in assignments:
+        layer.set_weights(arrays)
+    return model
+
+
+_FIXTURE_EXTRAS = {"input", "logits", "probs", "logits_f64", "probs_f64"}
+
+
+def _bn_class():
+    import keras
+    return keras.layers.BatchNormalization
+
+
+def _torch_module_hint(keras_name):
+    """Readable hint of the PyTorch module a Keras layer comes from (for error messages)."""
+    return f"<{keras_name}>"
+
+
+def convert(src, model_name, num_classes, output=None, **overrides):
+    """Build `model_name`, load the weights of `src`, optionally save to `output` (.keras)."""
+    from vov3d_tf.models import create_model
+
+    state = load_state_dict(src)
+    model = create_model(model_name, num_classes, **overrides)
+    try:
+        load_torch_weights(model, state)
+    except ValueError as e:
+        raise ValueError(f"{src}: {e}") from None
+    if output:
+        if not output.endswith(".keras"):
+            raise ValueError(f"--output must end in .keras, got {output!r}")
+        tmp = output + ".tmp.keras"
+        model.save(tmp)
+        os.replace(tmp, output)
+    return model
+
+
+def main(argv=None):
+    from vov3d_tf.models import MODEL_NAMES
+
+    p = argparse.ArgumentParser(prog="python -m vov3d_tf.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help=".pth/.pyth checkpoint or .npz of arrays under official names")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--output", required=True, help="where to write the .keras model")
+    args = p.parse_args(argv)
+    try:
+        model = convert(args.src, args.model, args.num_classes, args.output)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    print(f"wrote {args.output}: {args.model}, {args.num_classes} classes, {n:,} parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

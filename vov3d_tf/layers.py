@@ -1,0 +1,379 @@
+"""Custom layers and block functions of VoV3D / X3D, channels-last `(batch, T, H, W, C)`.
+
+Only the convolutions are real custom layers: they map the 3D (depthwise) convolutions of the
+reference onto TensorFlow's fast 2D kernels (Keras `Conv3D(groups=C)` runs through a slow XLA
+path on CPU) and pad exactly like PyTorch (symmetric padding, also for stride 2, where TF's
+"same" would pad (0, 1) instead of (1, 1)). Blocks are plain `apply_*` functions.
+
+Every conv here may carry a bias and a fused activation: the trainable model follows each conv
+with a BatchNormalization, the inference model (`vov3d_tf.inference.fold_batchnorm`) folds that
+BN into the conv's kernel and bias, and the activation rides along so TF's grappler can fuse
+MatMul/Conv + BiasAdd + Relu into one kernel.
+"""
+import math
+
+import keras
+import tensorflow as tf
+
+BN_EPSILON = 1e-5  # PyTorch default; the parity fixture has running variances below 1e-3
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 in Keras' convention
+
+
+def _activation(name):
+    if name in (None, "linear"):
+        return None
+    return {"relu": tf.nn.relu, "swish": tf.nn.silu, "sigmoid": tf.sigmoid}[name]
+
+
+def torch_fan_out_normal(fan_out):
+    """He-normal with PyTorch's fan_out (out_channels * kernel volume, groups ignored)."""
+    return keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / fan_out))
+
+
+class _ConvBase(keras.layers.Layer):
+    """Shared bias / activation handling of the convolutions below."""
+
+    def __init__(self, use_bias=False, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        if activation not in (None, "linear", "relu", "swish", "sigmoid"):
+            raise ValueError(f"{self.name}: activation must be None, 'relu', 'swish' or "
+                             f"'sigmoid', got {activation!r}")
+        self.use_bias = use_bias
+        self.activation = activation
+
+    def _add_bias(self, channels):
+        self.bias = (self.add_weight(name="bias", shape=(channels,), initializer="zeros")
+                     if self.use_bias else None)
+
+    def _finish(self, y):
+        if self.bias is not None:
+            y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
+        act = _activation(self.activation)
+        return act(y) if act is not None else y
+
+    def get_config(self):
+        return {**super().get_config(), "use_bias": self.use_bias, "activation": self.activation}
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class PointwiseConv3D(_ConvBase):
+    """1x1x1 convolution as one matmul over all positions; `strides` subsamples H and W
+    (indices 0, s, 2s, ... as a strided 1x1x1 conv with padding 0 does in PyTorch).
+
+    Works on inputs of any rank >= 2 (also the pooled `(batch, C)` features of the head).
+    Kernel `(Cin, Cout)` = PyTorch `w[:, :, 0, 0, 0].T`.
+    """
+
+    def __init__(self, filters, strides=1, kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.strides = int(strides)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or torch_fan_out_normal(self.filters))
+
+    def build(self, input_shape):
+        cin = input_shape[-1]
+        self.kernel = self.add_weight(name="kernel", shape=(cin, self.filters),
+                                      initializer=self.kernel_initializer)
+        self._add_bias(self.filters)
+
+    def call(self, x):
+        if self.strides != 1:
+            x = x[:, :, ::self.strides, ::self.strides, :]
+        shape = tf.shape(x)
+        y = tf.matmul(tf.reshape(x, (-1, shape[-1])), tf.cast(self.kernel, x.dtype))
+        y = self._finish(y)
+        return tf.reshape(y, tf.concat([shape[:-1], [self.filters]], 0))
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        if self.strides != 1:
+            for axis in (2, 3):
+                if shape[axis] is not None:
+                    shape[axis] = (shape[axis] - 1) // self.strides + 1
+        return tuple(shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+def _spatial_out(size, kernel, stride):
+    pad = kernel // 2
+    return None if size is None else (size + 2 * pad - kernel) // stride + 1
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class SpatialConv(_ConvBase):
+    """1 x k x k convolution (dense or depthwise) on frames folded into the batch.
+
+    Pads k//2 on each side of H and W like PyTorch, so strided convs sample the same grid as
+    the reference. `depthwise=True`: kernel `(k, k, C, 1)` = PyTorch `w[:, 0, 0].transpose(1, 2, 0)[..., None]`;
+    dense: kernel `(k, k, Cin, Cout)` = `w[:, :, 0].transpose(2, 3, 1, 0)`.
+    """
+
+    def __init__(self, kernel_size=3, strides=1, depthwise=True, filters=None, **kwargs):
+        super().__init__(**kwargs)
+        if not depthwise and filters is None:
+            raise ValueError(f"{self.name}: a dense SpatialConv needs `filters`")
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.depthwise = bool(depthwise)
+        self.filters = None if filters is None else int(filters)
+
+    def build(self, input_shape):
+        cin, k = input_shape[-1], self.kernel_size
+        if self.depthwise:
+            shape, out = (k, k, cin, 1), cin
+        else:
+            shape, out = (k, k, cin, self.filters), self.filters
+        self.kernel = self.add_weight(name="kernel", shape=shape,
+                                      initializer=torch_fan_out_normal(out * k * k))
+        self._add_bias(out)
+
+    def call(self, x):
+        shape = tf.shape(x)
+        frames = tf.reshape(x, tf.concat([[-1], shape[2:]], 0))
+        p = self.kernel_size // 2
+        pads = [[0, 0], [p, p], [p, p], [0, 0]]
+        strides = [1, self.strides, self.strides, 1]
+        kernel = tf.cast(self.kernel, x.dtype)
+        if self.depthwise:
+            y = tf.nn.depthwise_conv2d(frames, kernel, strides, pads)
+        else:
+            y = tf.nn.conv2d(frames, kernel, strides, pads)
+        y = self._finish(y)
+        ys = tf.shape(y)
+        return tf.reshape(y, tf.concat([shape[:2], ys[1:]], 0))
+
+    def compute_output_shape(self, input_shape):
+        b, t, h, w, c = input_shape
+        k, s = self.kernel_size, self.strides
+        return (b, t, _spatial_out(h, k, s), _spatial_out(w, k, s),
+                c if self.depthwise else self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "strides": self.strides,
+                "depthwise": self.depthwise, "filters": self.filters}
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class TemporalDepthwiseConv(_ConvBase):
+    """k x 1 x 1 depthwise convolution over time, zero-padded k//2 frames on each side.
+
+    Runs as a `(k, 1)` depthwise 2D conv on `(batch, T, H*W, C)`. Kernel `(k, 1, C, 1)` =
+    PyTorch `w[:, 0, :, 0, 0].T[:, None, :, None]`.
+    """
+
+    def __init__(self, kernel_size=3, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+
+    def build(self, input_shape):
+        c, k = input_shape[-1], self.kernel_size
+        self.kernel = self.add_weight(name="kernel", shape=(k, 1, c, 1),
+                                      initializer=torch_fan_out_normal(c * k))
+        self._add_bias(c)
+
+    def call(self, x):
+        shape = tf.shape(x)
+        seq = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2] * shape[3], shape[4]]))
+        p = self.kernel_size // 2
+        y = tf.nn.depthwise_conv2d(seq, tf.cast(self.kernel, x.dtype), [1, 1, 1, 1],
+                                   [[0, 0], [p, p], [0, 0], [0, 0]])
+        return tf.reshape(self._finish(y), shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class DepthwiseConv3D(_ConvBase):
+    """Full 3 x 3 x 3 channelwise convolution (X3D), padding (1, 1, 1), spatial stride s.
+
+    Sum of three 3x3 depthwise 2D convs, one per temporal tap, on zero-padded shifted frames.
+    Kernel `(3, 3, 3, C)` = PyTorch `w[:, 0].transpose(1, 2, 3, 0)` (t, h, w, C).
+    """
+
+    def __init__(self, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.strides = int(strides)
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.kernel = self.add_weight(name="kernel", shape=(3, 3, 3, c),
+                                      initializer=torch_fan_out_normal(27 * c))
+        self._add_bias(c)
+
+    def call(self, x):
+        shape = tf.shape(x)
+        b, t = shape[0], shape[1]
+        padded = tf.pad(x, [[0, 0], [1, 1], [0, 0], [0, 0], [0, 0]])
+        kernel = tf.cast(self.kernel, x.dtype)
+        strides = [1, self.strides, self.strides, 1]
+        pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
+        y = None
+        for dt in range(3):  # output frame t reads input frame t + dt - 1
+            frames = tf.reshape(padded[:, dt:dt + t], tf.concat([[-1], shape[2:]], 0))
+            tap = tf.nn.depthwise_conv2d(frames, kernel[dt][..., None], strides, pads)
+            y = tap if y is None else y + tap
+        y = self._finish(y)
+        ys = tf.shape(y)
+        return tf.reshape(y, tf.concat([[b, t], ys[1:]], 0))
+
+    def compute_output_shape(self, input_shape):
+        b, t, h, w, c = input_shape
+        return (b, t, _spatial_out(h, 3, self.strides), _spatial_out(w, 3, self.strides), c)
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides}
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class GlobalAveragePool(keras.layers.Layer):
+    """Mean over (T, H, W); `keepdims` keeps the 5-D shape (for SE gates)."""
+
+    def __init__(self, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        self.keepdims = bool(keepdims)
+
+    def call(self, x):
+        return tf.reduce_mean(x, axis=(1, 2, 3), keepdims=self.keepdims)
+
+    def compute_output_shape(self, input_shape):
+        if self.keepdims:
+            return (input_shape[0], 1, 1, 1, input_shape[-1])
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+
+# ----------------------------------------------------------------------------------------------
+# Block functions. `fold_bn=True` builds the inference form: no BatchNormalization layers, the
+# conv before each BN gets a bias instead. The BN after conv `X` is always named `X + "_bn"`,
+# which is how `vov3d_tf.inference.fold_batchnorm` pairs them.
+# ----------------------------------------------------------------------------------------------
+
+def apply_conv_bn(x, conv_cls, name, *, fold_bn, activation=None, zero_gamma=False, **conv_kw):
+    """conv -> BN -> activation (trainable) or conv(+bias, activation) (folded)."""
+    if fold_bn:
+        return conv_cls(name=name, use_bias=True, activation=activation, **conv_kw)(x)
+    x = conv_cls(name=name, **conv_kw)(x)
+    x = keras.layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_bn",
+        gamma_initializer="zeros" if zero_gamma else "ones")(x)
+    return keras.layers.Activation(activation, name=name + "_act")(x) if activation else x
+
+
+def se_width(channels, ratio=0.0625, divisor=8):
+    """SE bottleneck width: round_width(C * 1/16) with divisor 8, minimum 8 (ARCHITECTURE.md §5)."""
+    v = channels * ratio
+    w = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return w + divisor if w < 0.9 * v else w
+
+
+def apply_squeeze_excite(x, name):
+    """SE: global mean -> 1x1x1 (+bias) -> ReLU -> 1x1x1 (+bias) -> sigmoid -> scale."""
+    channels = x.shape[-1]
+    s = GlobalAveragePool(keepdims=True, name=name + "_pool")(x)
+    s = PointwiseConv3D(se_width(channels), use_bias=True, activation="relu",
+                        name=name + "_fc1")(s)
+    s = PointwiseConv3D(channels, use_bias=True, activation="sigmoid", name=name + "_fc2")(s)
+    return keras.layers.Multiply(name=name + "_scale")([x, s])
+
+
+def apply_stem(x, width, *, fold_bn, name="stem"):
+    """conv_xy 1x3x3 stride (1,2,2) -> depthwise 5x1x1 -> BN -> ReLU (ARCHITECTURE.md §2)."""
+    x = SpatialConv(3, strides=2, depthwise=False, filters=width, name=name + "_conv_xy")(x)
+    return apply_conv_bn(x, TemporalDepthwiseConv, name + "_conv_t", fold_bn=fold_bn,
+                         activation="relu", kernel_size=5)
+
+
+def apply_d2plus1d_unit(x, inner, *, stride, use_se, fold_bn, name):
+    """D(2+1)D bottleneck (ARCHITECTURE.md §5)::
+
+        x -> 1x1x1 (Ci) BN ReLU -> dw 1x3x3 /s -> dw 3x1x1 BN -> [SE] -> Swish
+          -> 1x1x1 (Ci/2) BN -> (+ x if shapes allow) -> ReLU
+    """
+    cin, cout = x.shape[-1], inner // 2
+    y = apply_conv_bn(x, PointwiseConv3D, name + "_a", fold_bn=fold_bn, activation="relu",
+                      filters=inner)
+    y = SpatialConv(3, strides=stride, depthwise=True, name=name + "_b1")(y)
+    y = apply_conv_bn(y, TemporalDepthwiseConv, name + "_b2", fold_bn=fold_bn, kernel_size=3)
+    if use_se:
+        y = apply_squeeze_excite(y, name + "_se")
+    y = keras.layers.Activation("swish", name=name + "_swish")(y)
+    y = apply_conv_bn(y, PointwiseConv3D, name + "_c", fold_bn=fold_bn, filters=cout)
+    if cin == cout and stride == 1:
+        y = keras.layers.Add(name=name + "_add")([y, x])
+    return keras.layers.ReLU(name=name + "_relu")(y)
+
+
+def apply_shortcut(x, width, stride, *, fold_bn, name):
+    """Projection (1x1x1 /s + BN) when width or resolution changes, else identity (§3)."""
+    if x.shape[-1] == width and stride == 1:
+        return x
+    return apply_conv_bn(x, PointwiseConv3D, name + "_shortcut", fold_bn=fold_bn,
+                         filters=width, strides=stride)
+
+
+def apply_t_osa_block(x, inner, width, num_conv, *, stride, fold_bn, name):
+    """Residual T-OSA block (ARCHITECTURE.md §3-4)::
+
+        x -> unit_0 -> unit_1 -> ... -> unit_{n-1}      (each sees a longer temporal field)
+        concat([x (stride 1 only), out_0, ..., out_{n-1}]) -> 1x1x1 -> BN (zero gamma)
+        ReLU(shortcut(x) + that)
+    """
+    outputs = [x] if stride == 1 else []
+    y = x
+    for i in range(num_conv):
+        y = apply_d2plus1d_unit(y, inner, stride=stride if i == 0 else 1, use_se=i % 2 == 0,
+                                fold_bn=fold_bn, name=f"{name}_u{i}")
+        outputs.append(y)
+    agg = keras.layers.Concatenate(name=name + "_concat")(outputs)
+    agg = apply_conv_bn(agg, PointwiseConv3D, name + "_agg", fold_bn=fold_bn, filters=width,
+                        zero_gamma=True)
+    shortcut = apply_shortcut(x, width, stride, fold_bn=fold_bn, name=name)
+    out = keras.layers.Add(name=name + "_add")([shortcut, agg])
+    return keras.layers.ReLU(name=name + "_relu")(out)
+
+
+def apply_x3d_block(x, inner, width, *, stride, use_se, fold_bn, name):
+    """X3D bottleneck with residual (ARCHITECTURE.md §14.3)::
+
+        x -> 1x1x1 (Ci) BN ReLU -> dw 3x3x3 /s BN -> [SE] -> Swish -> 1x1x1 (Co) BN (zero gamma)
+        ReLU(shortcut(x) + that)
+    """
+    y = apply_conv_bn(x, PointwiseConv3D, name + "_a", fold_bn=fold_bn, activation="relu",
+                      filters=inner)
+    y = apply_conv_bn(y, DepthwiseConv3D, name + "_b", fold_bn=fold_bn, strides=stride)
+    if use_se:
+        y = apply_squeeze_excite(y, name + "_se")
+    y = keras.layers.Activation("swish", name=name + "_swish")(y)
+    y = apply_conv_bn(y, PointwiseConv3D, name + "_c", fold_bn=fold_bn, filters=width,
+                      zero_gamma=True)
+    shortcut = apply_shortcut(x, width, stride, fold_bn=fold_bn, name=name)
+    out = keras.layers.Add(name=name + "_add")([shortcut, y])
+    return keras.layers.ReLU(name=name + "_relu")(out)
+
+
+def apply_head(x, conv5_width, lin5_width, num_classes, *, dropout_rate, fold_bn, name="head"):
+    """X3D head (ARCHITECTURE.md §6) with global average pooling::
+
+        1x1x1 (conv_5) BN ReLU -> mean over T,H,W -> linear (lin_5, no bias) ReLU
+          -> dropout -> linear (projection, bias) -> logits
+    """
+    x = apply_conv_bn(x, PointwiseConv3D, name + "_conv_5", fold_bn=fold_bn, activation="relu",
+                      filters=conv5_width)
+    x = GlobalAveragePool(name=name + "_pool")(x)
+    x = PointwiseConv3D(lin5_width, activation="relu", name=name + "_lin_5")(x)
+    if dropout_rate:
+        x = keras.layers.Dropout(dropout_rate, name=name + "_dropout")(x)
+    x = PointwiseConv3D(num_classes, use_bias=True,
+                        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                        name=name + "_projection")(x)
+    return keras.layers.Activation("linear", dtype="float32", name="logits")(x)
