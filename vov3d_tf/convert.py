@@ -122,7 +122,7 @@ def load_torch_weights(model, state):
     assignments = []
     for name, layer in by_name.items():
         params = pending.get(name, {})
-        torch_module = _torch_module_hint(name)
+        torch_module = torch_module_name(name, model.family)
         if isinstance(layer, _bn_class()):
             wanted = list(_BN_PARAMS)
             arrays = [params.get(p) for p in wanted]
@@ -165,9 +165,27 @@ def _bn_class():
     return keras.layers.BatchNormalization
 
 
-def _torch_module_hint(keras_name):
-    """Readable hint of the PyTorch module a Keras layer comes from (for error messages)."""
-    return f"<{keras_name}>"
+def _invert(d):
+    return {v: k for k, v in d.items()}
+
+
+def torch_module_name(keras_name, family):
+    """Inverse of `keras_layer_name`: the official module path of a Keras layer."""
+    for table, prefix in ((_STEM, "s1.pathway0_stem."), (_HEAD, "head.")):
+        if keras_name in table.values():
+            return prefix + _invert(table)[keras_name]
+    m = re.match(r"^s([2-5])_b(\d+)_(.+)$", keras_name)
+    if not m:
+        return keras_name
+    block, rest = f"s{m.group(1)}.pathway0_res{m.group(2)}", m.group(3)
+    if rest in _BLOCK_PARTS.values():
+        return f"{block}.{_invert(_BLOCK_PARTS)[rest]}"
+    if family == "x3d":
+        return f"{block}.branch2.{_invert(_X3D_BRANCH2).get(rest, rest)}"
+    u = re.match(r"^u(\d+)_(.+)$", rest)
+    if u:
+        return f"{block}.branch2.layers.{u.group(1)}.{_invert(_VOV3D_UNIT).get(u.group(2), u.group(2))}"
+    return f"{block}.branch2.{_invert(_VOV3D_BRANCH2).get(rest, rest)}"
 
 
 def convert(src, model_name, num_classes, output=None, **overrides):

@@ -1,0 +1,20 @@
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PARITY = SHARED / "reference" / "vov3d_m_parity.npz"
+
+
+@pytest.fixture(scope="session")
+def parity_npz():
+    """The official VoV3D-M parity fixture (weights, input, logits), from ../shared."""
+    if not PARITY.exists():
+        pytest.skip(f"parity fixture not found at {PARITY} (../shared is only beside CI's checkout)")
+    import numpy as np
+    with np.load(PARITY) as data:
+        return {k: data[k] for k in data.files}
