@@ -1,0 +1,300 @@
+"""`make_dataset`: shards -> batches of normalized clips, with the paper's sampling (section 12).
+
+    files --(file-level shard per worker/replica, shuffle)--> parallel interleave of TFRecord
+    readers --(record shuffle)--> parallel parse + gather sampled frames + decode + augment
+    --(corrupt records skipped & counted, or fail naming file/record)--> batch --> prefetch
+
+Training elements: (clips float32 (B, T, crop, crop, 3), labels int32 (B,)).
+Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = num_clips * num_crops,
+                   clip-major; sum the softmaxes of a video's V views.
+"""
+import collections
+import glob
+import os
+import sys
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from vov3d_tf.data import format as fmt
+from vov3d_tf.data import preprocess
+from vov3d_tf.data import shards
+
+AUTOTUNE = tf.data.AUTOTUNE
+ON_CORRUPT = ("skip", "fail")
+
+# Paper defaults per sampling mode (ARCHITECTURE.md section 12): SS / Kinetics.
+DEFAULTS = {
+    "segment": {"sampling_rate": 1, "inverse_uniform": True, "random_flip": False, "num_clips": 2},
+    "dense": {"sampling_rate": 5, "inverse_uniform": False, "random_flip": True, "num_clips": 10},
+}
+
+_skipped = collections.Counter()
+_skipped_lock = threading.Lock()
+
+
+def corrupt_record_counts():
+    """{shard path: records skipped as corrupt} since the process started (or the last reset)."""
+    with _skipped_lock:
+        return dict(_skipped)
+
+
+def reset_corrupt_record_counts():
+    with _skipped_lock:
+        _skipped.clear()
+
+
+def _report_skip(path, index, lost):
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    index, lost = int(index), int(lost)
+    with _skipped_lock:
+        _skipped[path] += lost
+    if index < 0:
+        print(f"vov3d_tf.data: WARNING: {path}: {lost} record(s) unreadable at the end of the file "
+              f"(truncated or corrupt shard); skipped", file=sys.stderr, flush=True)
+    else:
+        print(f"vov3d_tf.data: WARNING: {path}: record {index} cannot be parsed/decoded; skipped "
+              f"(`python -m vov3d_tf.data.validate` names the reason)", file=sys.stderr, flush=True)
+    return np.int64(lost)
+
+
+def load_labels(path):
+    """Class names (index order) from a shard directory's manifest, or from a labels file
+    (one class per line)."""
+    if os.path.isdir(path):
+        return shards.load_labels(path)
+    with open(path, encoding="utf-8") as f:
+        labels = [line.rstrip("\n") for line in f if line.strip()]
+    if not labels:
+        raise ValueError(f"labels file {path!r} is empty")
+    return labels
+
+
+def resolve_files(file_pattern, split=None):
+    """[(path, expected records or -1)] and the compression ("" / "GZIP") of a file pattern.
+
+    `file_pattern`: a glob, a list of paths, or a shard directory (with `split`). Record counts
+    and compression come from a manifest.json beside the files when there is one; otherwise
+    compression is "GZIP" for names ending in .gz.
+    """
+    if isinstance(file_pattern, (list, tuple)):
+        paths = [str(p) for p in file_pattern]
+    elif os.path.isdir(file_pattern):
+        if split is None:
+            raise ValueError(f"{file_pattern!r} is a directory: pass split= (one of its manifest's "
+                             f"splits) or a file pattern")
+        paths = shards.split_files(file_pattern, split)
+    else:
+        paths = sorted(glob.glob(file_pattern))
+    if not paths:
+        raise FileNotFoundError(f"no shard files match {file_pattern!r}")
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"shard files not found: {missing}")
+    expected, compression = {}, {}
+    for directory in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}):
+        if not os.path.exists(shards.manifest_path(directory)):
+            continue
+        for entry in shards.read_manifest(directory)["splits"].values():
+            for s in entry["shards"]:
+                key = os.path.join(directory, s["file"])
+                expected[key] = int(s["records"])
+                compression[key] = entry.get("compression", "")
+    files, kinds = [], set()
+    for p in paths:
+        key = os.path.abspath(p)
+        files.append((p, expected.get(key, -1)))
+        kinds.add(compression.get(key, "GZIP" if p.endswith(fmt.GZIP_SUFFIX) else ""))
+    if len(kinds) > 1:
+        raise ValueError(f"{file_pattern!r} mixes compressed and uncompressed shards")
+    return files, kinds.pop()
+
+
+def _read_file(path, expected, *, compression, on_corrupt, counts_known):
+    """(path, record index, serialized) for every readable record of one shard.
+
+    A framing error (truncation, CRC mismatch) ends the file; with a known record count the
+    loss is reported (skip) or raised naming the file (fail)."""
+    records = tf.data.TFRecordDataset(path, compression_type=compression, buffer_size=1 << 20)
+    if on_corrupt == "fail" and not counts_known:  # no manifest: let the reader's error through
+        return records.enumerate().map(lambda i, s: (path, i, s))
+    records = records.ignore_errors(log_warning=True).enumerate().map(
+        lambda i, s: (path, i, s, tf.constant(False)))
+    end = tf.data.Dataset.from_tensors((path, tf.constant(-1, tf.int64), tf.constant(""),
+                                        tf.constant(True)))
+
+    def count(n, element):
+        p, i, s, is_end = element
+        return n + tf.cast(tf.logical_not(is_end), tf.int64), (p, tf.where(is_end, n, i), s, is_end)
+
+    def keep(p, i, s, is_end):
+        lost = tf.maximum(expected - i, 0)
+        bad = tf.logical_and(is_end, lost > 0)
+        if on_corrupt == "fail":
+            check = tf.debugging.Assert(tf.logical_not(bad), [
+                "corrupt or truncated shard", p, "records readable:", i, "expected:", expected])
+            with tf.control_dependencies([check]):
+                return tf.logical_not(is_end)
+        reported = tf.cond(bad, lambda: tf.numpy_function(
+            _report_skip, [p, tf.constant(-1, tf.int64), lost], tf.int64, stateful=True),
+            lambda: tf.constant(0, tf.int64))
+        with tf.control_dependencies([reported]):
+            return tf.logical_not(is_end)
+
+    return (records.concatenate(end).scan(tf.constant(0, tf.int64), count).filter(keep)
+            .map(lambda p, i, s, is_end: (p, i, s)))
+
+
+def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=None,
+                 sampling="segment", sampling_rate=None, crop_size=preprocess.CROP_SIZE,
+                 scale_range=preprocess.TRAIN_SCALE_RANGE, inverse_uniform=None, random_flip=None,
+                 test_short_side=preprocess.TEST_SHORT_SIDE, test_crop_size=None, num_clips=None,
+                 num_crops=3, shuffle=None, shuffle_buffer=256, seed=None, repeat=False,
+                 num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
+                 drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
+                 prefetch=AUTOTUNE):
+    """A tf.data pipeline over video shards.
+
+    Args:
+      file_pattern: glob of shard files, list of paths, or a shard directory (with `split`).
+      training: random sampling/augmentation and (B, T, c, c, 3) clips if True; deterministic
+        multi-view test protocol and (B, V, T, c, c, 3) views if False.
+      num_frames: T frames per clip.
+      batch_size: videos per batch of this dataset (per replica with `input_context`).
+      sampling: "segment" (Something-Something) or "dense" (Kinetics); None-valued options
+        below take the paper's default for it (DEFAULTS).
+      sampling_rate: frame stride of dense sampling (5 at 30 fps); 1 for segment.
+      crop_size: training crop (224).
+      scale_range: training short side range [lo, hi] (256, 320).
+      inverse_uniform: short side = round(1 / U(1/hi, 1/lo)) (SS configs) instead of U(lo, hi).
+      random_flip: horizontal flip p = 0.5 in training (Kinetics only by default).
+      test_short_side, test_crop_size: test resize and crop (256, 256 = the short side).
+      num_clips, num_crops: test views per video (2 x 3 for segment, 10 x 3 for dense).
+      shuffle: shuffle files and records (default: = training); shuffle_buffer: records.
+      seed: makes shuffling and augmentation reproducible (and the order deterministic).
+      repeat: repeat forever (for step-based training).
+      num_shards, shard_index: file-level sharding (this pipeline reads files[shard_index::
+        num_shards]); `input_context` (tf.distribute.InputContext) overrides both.
+      on_corrupt: "skip" (warn naming the file and record, count in corrupt_record_counts())
+        or "fail" (raise naming them).
+      drop_remainder: default = training.
+    """
+    if sampling not in DEFAULTS:
+        raise ValueError(f"sampling must be one of {tuple(DEFAULTS)}, got {sampling!r}")
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+    for name, value in (("num_frames", num_frames), ("batch_size", batch_size),
+                        ("num_crops", num_crops), ("num_shards", num_shards)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    d = DEFAULTS[sampling]
+    sampling_rate = d["sampling_rate"] if sampling_rate is None else sampling_rate
+    inverse_uniform = d["inverse_uniform"] if inverse_uniform is None else inverse_uniform
+    random_flip = d["random_flip"] if random_flip is None else random_flip
+    num_clips = d["num_clips"] if num_clips is None else num_clips
+    test_crop_size = test_short_side if test_crop_size is None else test_crop_size
+    shuffle = training if shuffle is None else shuffle
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    deterministic = (seed is not None or not training) if deterministic is None else deterministic
+    if training:
+        preprocess.check_crop_size(min(scale_range), crop_size, "make_dataset scale_range")
+    else:
+        preprocess.check_crop_size(test_short_side, test_crop_size, "make_dataset test_short_side")
+
+    files, compression = resolve_files(file_pattern, split)
+    if input_context is not None:
+        num_shards, shard_index = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+    if len(files) < num_shards:
+        raise ValueError(f"{len(files)} shard files for {num_shards} input pipelines: file-level "
+                         f"sharding needs at least one file per pipeline ({file_pattern!r})")
+    files = files[shard_index::num_shards]
+
+    seeds = np.random.SeedSequence(0 if seed is None else seed).generate_state(3)
+    ds = tf.data.Dataset.from_tensor_slices(
+        ([p for p, _ in files], np.array([n for _, n in files], np.int64)))
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=None if seed is None else int(seeds[0]),
+                        reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.interleave(
+        lambda p, n: _read_file(p, n, compression=compression, on_corrupt=on_corrupt,
+                                counts_known=all(n >= 0 for _, n in files)),
+        cycle_length=min(len(files), 8), block_length=1, num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else int(seeds[1]),
+                        reshuffle_each_iteration=True)
+
+    if training:
+        aug = tf.data.Dataset.random(seed=None if seed is None else int(seeds[2]),
+                                     rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, aug)).map(lambda r, s: (*r, s))
+        out_shape = [num_frames, crop_size, crop_size, 3]
+
+        def process(path, index, serialized, aug_seed):
+            rec = fmt.parse_sequence_example(serialized)
+            clip = preprocess.train_clip(
+                rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
+                sampling_rate=sampling_rate, scale_range=scale_range,
+                inverse_uniform=inverse_uniform, flip=random_flip, seed=aug_seed)
+            return clip, _first_label(rec, path, index)
+    else:
+        ds = ds.map(lambda p, i, s: (p, i, s, tf.zeros([2], tf.int64)))
+        out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
+
+        def process(path, index, serialized, aug_seed):
+            rec = fmt.parse_sequence_example(serialized)
+            views = preprocess.eval_views(
+                rec["frames"], num_frames=num_frames, crop_size=test_crop_size,
+                sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
+                num_clips=num_clips, num_crops=num_crops)
+            return views, _first_label(rec, path, index)
+
+    def safe_process(path, index, serialized, aug_seed):
+        # Errors inside a one-element dataset become an ok=False element: no record can stop
+        # the pipeline, and the bad one is reported with its file and index.
+        good = tf.data.Dataset.from_tensors((path, index, serialized, aug_seed)).map(
+            lambda *a: (*process(*a), tf.constant(True), a[0], a[1])).ignore_errors()
+        bad = tf.data.Dataset.from_tensors((tf.zeros([0] * len(out_shape)), tf.constant(-1),
+                                            tf.constant(False), path, index))
+        return good.concatenate(bad).take(1)
+
+    def keep(x, y, ok, path, index):
+        if on_corrupt == "fail":
+            check = tf.debugging.Assert(ok, [
+                "corrupt record", index, "in", path, "(cannot parse/decode; run python -m "
+                "vov3d_tf.data.validate on the shard directory for the reason)"])
+            with tf.control_dependencies([check]):
+                return tf.identity(ok)
+        reported = tf.cond(ok, lambda: tf.constant(0, tf.int64), lambda: tf.numpy_function(
+            _report_skip, [path, index, tf.constant(1, tf.int64)], tf.int64, stateful=True))
+        with tf.control_dependencies([reported]):
+            return tf.identity(ok)
+
+    ds = ds.interleave(safe_process, cycle_length=_parallelism(num_parallel_calls),
+                       block_length=1, num_parallel_calls=num_parallel_calls,
+                       deterministic=deterministic)
+    ds = ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape), y))
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_optimization.map_parallelization = True
+    ds = ds.with_options(options)
+    return ds.prefetch(prefetch)
+
+
+def _parallelism(num_parallel_calls):
+    if num_parallel_calls == AUTOTUNE:
+        return max(os.cpu_count() or 1, 2)
+    return int(num_parallel_calls)
+
+
+def _first_label(rec, path, index):
+    check = tf.debugging.Assert(tf.size(rec["labels"]) > 0, ["record", index, "in", path,
+                                                             "has no", fmt.LABEL_INDEX_KEY])
+    with tf.control_dependencies([check]):
+        return tf.cast(rec["labels"][0], tf.int32)
