@@ -1,0 +1,379 @@
+"""SavedModel export for TF Serving: signatures that take what clients really send.
+
+`export_saved_model(model, "BASE/NAME", labels, spec)` writes `BASE/NAME/<version>/`:
+
+    saved_model.pb, variables/        the BN-folded model inside a plain `tf.Module`
+    assets/labels.txt                 one class name per line (read by the graph's label table)
+    assets.extra/tf_serving_warmup_requests   PredictionLog records, one per signature
+    assets.extra/export_info.json     preprocessing spec, model config, label count
+
+Signatures (all return `logits`, `probabilities`, `top_k_indices`, `top_k_labels`):
+
+    serving_default   frames   string  (batch, frames)            encoded JPEGs, any count >= 1
+    serve_frames      frames   uint8   (batch, frames, H, W, 3)   decoded RGB frames, any size
+    serve_examples    examples string  (batch,)                   serialized SequenceExamples
+                                                                  in the shard format
+
+Every signature goes through `vov3d_tf.data.preprocess.eval_views[_from_frames]`, the very
+functions evaluation uses (sampling of the model's T frames, short-side bilinear resize, centre
+or three crops, normalization), so what is served is what was measured. With more than one view
+(`num_clips x num_crops`, the `--multi-view` export) `logits` and `probabilities` are the mean
+over views of the per-view logits and softmax (evaluation sums the softmax; the ranking is
+the same).
+
+The inputs are declared with unknown rank and checked in the graph: TF Serving's C++ session
+does not validate feed shapes against the signature, so a declared rank would be trusted, not
+checked. A wrong rank, a frame count of 0, a non-RGB uint8 array or an undecodable JPEG fail
+with an `InvalidArgument` error naming the input; a wrong dtype is rejected by the session.
+
+Loading needs only TensorFlow (`tf.saved_model.load` or TF Serving); no Keras, no vov3d_tf.
+"""
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from vov3d_tf.data import format as fmt
+from vov3d_tf.data import preprocess
+
+SIGNATURE_JPEG = "serving_default"
+SIGNATURE_FRAMES = "serve_frames"
+SIGNATURE_EXAMPLES = "serve_examples"
+SIGNATURES = (SIGNATURE_JPEG, SIGNATURE_FRAMES, SIGNATURE_EXAMPLES)
+INPUT_KEYS = {SIGNATURE_JPEG: "frames", SIGNATURE_FRAMES: "frames", SIGNATURE_EXAMPLES: "examples"}
+OUTPUT_KEYS = ("logits", "probabilities", "top_k_indices", "top_k_labels")
+LABELS_ASSET = "labels.txt"
+WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving looks for in assets.extra/
+EXPORT_INFO_FILE = "export_info.json"
+WARMUP_ASPECT = 4 / 3  # warmup frames are landscape 4:3 at the test short side
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSpec:
+    """Test-time preprocessing and outputs of the exported graph (plain values, no config)."""
+    num_frames: int
+    crop_size: int
+    short_side: int
+    sampling: str = "segment"
+    sampling_rate: int = 1
+    num_clips: int = 1
+    num_crops: int = 1
+    top_k: int = 5
+
+    def __post_init__(self):
+        for key in ("num_frames", "crop_size", "short_side", "sampling_rate", "num_clips",
+                    "top_k"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServingSpec.{key} must be a positive int, got {value!r}")
+        if self.sampling not in preprocess.SAMPLING_MODES:
+            raise ValueError(f"ServingSpec.sampling must be one of {preprocess.SAMPLING_MODES}, "
+                             f"got {self.sampling!r}")
+        if self.num_crops not in (1, 3):
+            raise ValueError(f"ServingSpec.num_crops must be 1 or 3, got {self.num_crops!r}")
+        preprocess.check_crop_size(self.short_side, self.crop_size, "ServingSpec")
+
+    @property
+    def num_views(self):
+        return self.num_clips * self.num_crops
+
+    def view_kwargs(self):
+        """Keyword arguments of `preprocess.eval_views` / `eval_views_from_frames`."""
+        return dict(num_frames=self.num_frames, crop_size=self.crop_size,
+                    sampling=self.sampling, sampling_rate=self.sampling_rate,
+                    short_side=self.short_side, num_clips=self.num_clips,
+                    num_crops=self.num_crops)
+
+
+def spec_from_config(cfg, *, multi_view=False, top_k=5):
+    """Adapter `Config` -> `ServingSpec`: eval's frames, resize and crop; views only if asked.
+
+    Single view = one clip, centre crop (segment centres / the first dense window); multi-view =
+    `eval.num_clips x eval.num_crops`, as `evaluate` measures.
+    """
+    d = cfg.data
+    return ServingSpec(num_frames=d.num_frames, crop_size=d.test_crop_size or d.test_short_side,
+                       short_side=d.test_short_side, sampling=d.sampling,
+                       sampling_rate=d.sampling_rate,
+                       num_clips=cfg.eval.num_clips if multi_view else 1,
+                       num_crops=cfg.eval.num_crops if multi_view else 1, top_k=top_k)
+
+
+# ----------------------------------------------------------------------------------------------
+# The served graph
+# ----------------------------------------------------------------------------------------------
+
+def _check_rank(x, rank, name, layout):
+    # Unknown static rank, so this is a run-time check (InvalidArgument), never folded away.
+    tf.debugging.assert_rank(x, rank, message=f"input '{name}' must have shape {layout}")
+    return tf.ensure_shape(x, [None] * rank)
+
+
+def _check_frame_count(count, name):
+    tf.debugging.assert_positive(count, message=f"input '{name}': every video needs at least "
+                                                f"one frame (got 0)")
+
+
+class VideoServingModule(tf.Module):
+    """The model plus its preprocessing and label table, with one `tf.function` per signature."""
+
+    def __init__(self, model, labels_path, spec, name="vov3d_serving"):
+        super().__init__(name=name)
+        self.model = model
+        self.spec = spec
+        self.num_classes = int(model.output_shape[-1])
+        self.labels_asset = tf.saved_model.Asset(labels_path)
+        self.label_table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                self.labels_asset, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, vocab_size=self.num_classes),
+            default_value="")
+        self._view_shape = [spec.num_views, spec.num_frames, spec.crop_size, spec.crop_size, 3]
+
+    # -- shared tail ---------------------------------------------------------------------------
+
+    def classify(self, views):
+        """float32 (batch, views, T, c, c, 3) normalized -> the output dict."""
+        shape = tf.shape(views)
+        flat = tf.reshape(views, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+        logits = tf.cast(self.model(flat, training=False), tf.float32)
+        logits = tf.reshape(logits, [shape[0], shape[1], self.num_classes])
+        probabilities = tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=1)
+        logits = tf.reduce_mean(logits, axis=1)
+        k = min(self.spec.top_k, self.num_classes)
+        _, top_k = tf.math.top_k(probabilities, k=k)
+        top_k = tf.cast(top_k, tf.int64)
+        return {"logits": logits, "probabilities": probabilities, "top_k_indices": top_k,
+                "top_k_labels": self.label_table.lookup(top_k)}
+
+    def _views_from_jpegs(self, encoded):
+        return preprocess.eval_views(encoded, **self.spec.view_kwargs())
+
+    def _map_videos(self, fn, elems):
+        return tf.map_fn(fn, elems, fn_output_signature=tf.TensorSpec(self._view_shape, tf.float32))
+
+    # -- signatures ----------------------------------------------------------------------------
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="frames")])
+    def serve_jpeg(self, frames):
+        """Encoded JPEG frames, string (batch, frames): T frames are sampled per video."""
+        frames = _check_rank(frames, 2, "frames", "(batch, frames) of encoded JPEGs")
+        _check_frame_count(tf.shape(frames)[1], "frames")
+        return self.classify(self._map_videos(self._views_from_jpegs, frames))
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="frames")])
+    def serve_frames(self, frames):
+        """Decoded RGB frames, uint8 (batch, frames, H, W, 3), any frame count and size."""
+        layout = "(batch, frames, height, width, 3) of uint8 RGB"
+        frames = _check_rank(frames, 5, "frames", layout)
+        shape = tf.shape(frames)
+        tf.debugging.assert_equal(shape[4], 3, message=f"input 'frames' must have shape "
+                                                       f"{layout}: last axis is not 3")
+        _check_frame_count(shape[1], "frames")
+        tf.debugging.assert_positive(shape[2:4], message="input 'frames': height and width "
+                                                         "must be at least 1")
+        frames = tf.ensure_shape(frames, [None, None, None, None, 3])
+        return self.classify(self._map_videos(
+            lambda video: preprocess.eval_views_from_frames(video, **self.spec.view_kwargs()),
+            frames))
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="examples")])
+    def serve_examples(self, examples):
+        """Serialized `tf.train.SequenceExample`s in the shard format, string (batch,)."""
+        examples = _check_rank(examples, 1, "examples", "(batch,) of serialized SequenceExamples")
+
+        def one(serialized):
+            record = fmt.parse_sequence_example(serialized)
+            _check_frame_count(record["num_frames"],
+                               f"examples' feature list '{fmt.IMAGE_KEY}'")
+            return self._views_from_jpegs(record["frames"])
+
+        return self.classify(self._map_videos(one, examples))
+
+    def signatures(self):
+        return {SIGNATURE_JPEG: self.serve_jpeg, SIGNATURE_FRAMES: self.serve_frames,
+                SIGNATURE_EXAMPLES: self.serve_examples}
+
+
+# ----------------------------------------------------------------------------------------------
+# Version folders
+# ----------------------------------------------------------------------------------------------
+
+def existing_versions(model_dir):
+    """Sorted integer versions in `model_dir` (the folders TF Serving would consider)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(model_dir)
+                  if n.isdigit() and os.path.isdir(os.path.join(model_dir, n)))
+
+
+def next_version(model_dir):
+    """1 for a new model folder, else the largest existing version + 1."""
+    return max(existing_versions(model_dir), default=0) + 1
+
+
+def _check_model_dir(model_dir):
+    base = os.path.basename(os.path.normpath(model_dir))
+    if base.isdigit():
+        raise ValueError(f"output dir {model_dir!r} ends in a version number; pass the model "
+                         f"folder BASE/NAME, the version folder is created inside it")
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(f"output dir {model_dir!r} exists and is not a folder")
+
+
+# ----------------------------------------------------------------------------------------------
+# Warmup requests (assets.extra/tf_serving_warmup_requests)
+# ----------------------------------------------------------------------------------------------
+
+def warmup_frames(spec, num_frames=None, seed=0):
+    """Deterministic uint8 frames (frames, H, W, 3) of a realistic size: 4:3 at the short side."""
+    n = num_frames or spec.num_frames
+    h = spec.short_side
+    w = int(round(h * WARMUP_ASPECT))
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    frames = []
+    for t in range(n):  # a moving gradient plus noise: non-trivial JPEGs, different frames
+        base = np.stack([(x + 4 * t) % 256, (y + 2 * t) % 256, (x + y) % 256], axis=-1)
+        noise = rng.integers(0, 32, size=base.shape)
+        frames.append(np.clip(base + noise, 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def encode_jpegs(frames, quality=90):
+    """uint8 (N, H, W, 3) -> list of JPEG bytes."""
+    return [tf.io.encode_jpeg(f, quality=quality).numpy() for f in frames]
+
+
+def warmup_inputs(spec):
+    """{signature: {input key: numpy array}}, one video per signature (batch 1)."""
+    frames = warmup_frames(spec)
+    jpegs = encode_jpegs(frames)
+    example = fmt.make_sequence_example(jpegs, 0, "warmup", "warmup").SerializeToString()
+    return {SIGNATURE_JPEG: {"frames": np.array([jpegs], dtype=object)},
+            SIGNATURE_FRAMES: {"frames": frames[np.newaxis]},
+            SIGNATURE_EXAMPLES: {"examples": np.array([example], dtype=object)}}
+
+
+def write_warmup(path, spec, model_name):
+    """Writes one PredictLog request per signature as a TFRecord file of PredictionLogs."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, inputs in warmup_inputs(spec).items():
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = signature
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def read_warmup(path):
+    """The PredictionLog records of a warmup file (raises if a record does not parse)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = []
+    for i, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+        log = prediction_log_pb2.PredictionLog()
+        try:
+            log.ParseFromString(record)
+        except Exception as e:  # protobuf's DecodeError
+            raise ValueError(f"{path}: record {i} is not a PredictionLog: {e}") from None
+        logs.append(log)
+    return logs
+
+
+def replay_warmup(saved_model_dir, loaded=None):
+    """Runs every warmup request through the SavedModel as TF Serving does at load time.
+
+    Returns a list of (signature name, {output key: numpy array}).
+    """
+    loaded = loaded or tf.saved_model.load(saved_model_dir)
+    results = []
+    for log in read_warmup(os.path.join(saved_model_dir, "assets.extra", WARMUP_FILE)):
+        request = log.predict_log.request
+        name = request.model_spec.signature_name or SIGNATURE_JPEG
+        fn = loaded.signatures[name]
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        results.append((name, {k: v.numpy() for k, v in fn(**inputs).items()}))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+
+def check_labels(labels, num_classes, source="labels"):
+    """A list of `num_classes` non-empty one-line class names."""
+    labels = [str(label) for label in labels]
+    if len(labels) != num_classes:
+        raise ValueError(f"{source}: {len(labels)} labels but the model has {num_classes} classes")
+    for i, label in enumerate(labels):
+        if not label.strip() or "\n" in label or "\r" in label:
+            raise ValueError(f"{source}: label {i} ({label!r}) must be non-empty, on one line")
+    return labels
+
+
+def read_labels(path):
+    """One class per line; blank lines are ignored (as `training.class_names` does)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f if line.strip()]
+
+
+def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=True,
+                       extra_info=None):
+    """Export `model` (a `VideoClassifier`; BN is folded here) to `model_dir/<version>/`.
+
+    `version` None takes the next free integer; an existing version is never overwritten. The
+    SavedModel is written to a hidden temporary folder beside it and renamed when complete, so
+    TF Serving never sees a half-written version. Returns the version folder's path.
+    """
+    from vov3d_tf.inference import fold_batchnorm
+
+    _check_model_dir(model_dir)
+    if not isinstance(spec, ServingSpec):
+        raise TypeError(f"spec must be a ServingSpec, got {type(spec).__name__}")
+    num_classes = int(model.output_shape[-1])
+    labels = check_labels(labels, num_classes)
+    if version is None:
+        version = next_version(model_dir)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive int, got {version!r}")
+    final = os.path.join(model_dir, str(version))
+    if version in existing_versions(model_dir) or os.path.exists(final):
+        raise FileExistsError(f"version {version} already exists in {model_dir!r} "
+                              f"(existing: {existing_versions(model_dir)}); versions are never "
+                              f"overwritten, pick another --version or leave it out")
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)  # not an integer: ignored
+    try:
+        labels_path = os.path.join(tmp, "labels-src", LABELS_ASSET)
+        os.makedirs(os.path.dirname(labels_path))
+        with open(labels_path, "w", encoding="utf-8") as f:
+            f.write("".join(label + "\n" for label in labels))
+        module = VideoServingModule(fold_batchnorm(model), labels_path, spec)
+        export = os.path.join(tmp, "export")
+        tf.saved_model.save(module, export, signatures=module.signatures())
+        extra = os.path.join(export, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        if warmup:
+            write_warmup(os.path.join(extra, WARMUP_FILE), spec,
+                         os.path.basename(os.path.normpath(model_dir)))
+        info = {"signatures": {s: INPUT_KEYS[s] for s in SIGNATURES}, "outputs": OUTPUT_KEYS,
+                "spec": dataclasses.asdict(spec), "num_classes": num_classes,
+                "model_config": model.get_config(), **(extra_info or {})}
+        with open(os.path.join(extra, EXPORT_INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2, default=str)
+        if os.path.exists(final):
+            raise FileExistsError(f"version {version} appeared in {model_dir!r} during export")
+        os.rename(export, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
