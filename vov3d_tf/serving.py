@@ -377,3 +377,33 @@ def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=T
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def load_trained_model(weights, model_cfg):
+    """Model for export from `weights`: a `.keras` file (architecture included; its class count
+    must equal `model_cfg.num_classes`) or a `.weights.h5` file for the config's architecture.
+    """
+    import keras
+
+    import vov3d_tf  # noqa: F401  (registers the custom layers for load_model)
+    from vov3d_tf.models import VideoClassifier
+    from vov3d_tf.training import model_from_config
+
+    weights = str(weights)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"weights file not found: {weights}")
+    if weights.endswith(".keras"):
+        model = keras.models.load_model(weights, compile=False)
+        if not isinstance(model, VideoClassifier):
+            raise ValueError(f"{weights}: expected a vov3d_tf VideoClassifier, got "
+                             f"{type(model).__name__}")
+        if model.num_classes != model_cfg.num_classes:
+            raise ValueError(f"{weights}: the model has {model.num_classes} classes but the "
+                             f"config's model.num_classes is {model_cfg.num_classes} (fix the "
+                             f"config or pass --set model.num_classes={model.num_classes})")
+        return model
+    if weights.endswith(".weights.h5"):
+        model = model_from_config(model_cfg)
+        model.load_weights(weights)
+        return model
+    raise ValueError(f"{weights}: expected a .keras model or a .weights.h5 file")
