@@ -107,15 +107,30 @@ def spec_from_config(cfg, *, multi_view=False, top_k=5):
 # The served graph
 # ----------------------------------------------------------------------------------------------
 
-def _check_rank(x, rank, name, layout):
-    # Unknown static rank, so this is a run-time check (InvalidArgument), never folded away.
-    tf.debugging.assert_rank(x, rank, message=f"input '{name}' must have shape {layout}")
-    return tf.ensure_shape(x, [None] * rank)
+def _checked(x, checks):
+    # Control dependencies: the checks run before anything reads `x` (not in parallel with it).
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
 
 
-def _check_frame_count(count, name):
-    tf.debugging.assert_positive(count, message=f"input '{name}': every video needs at least "
-                                                f"one frame (got 0)")
+def _checked_input(x, name, layout, rank, frames_axis=None, image_axes=None):
+    """Run-time checks of a signature input (declared with unknown rank, so never folded away):
+    rank, at least one frame, non-empty images with 3 channels. InvalidArgument otherwise."""
+    expected = f"input '{name}' must have shape {layout}"
+    x = _checked(x, [tf.debugging.assert_rank(x, rank, message=expected)])
+    shape = tf.shape(x)
+    checks = []
+    if frames_axis is not None:
+        checks.append(tf.debugging.assert_positive(
+            shape[frames_axis], message=f"input '{name}': every video needs at least one frame"))
+    if image_axes is not None:
+        checks.append(tf.debugging.assert_positive(
+            shape[image_axes[0]:image_axes[1]],
+            message=f"input '{name}': height and width must be at least 1"))
+        checks.append(tf.debugging.assert_equal(
+            shape[-1], 3, message=f"{expected}: the last axis must be 3 (RGB)"))
+    x = _checked(x, checks)
+    return tf.ensure_shape(x, [None] * (rank - 1) + [3 if image_axes is not None else None])
 
 
 class VideoServingModule(tf.Module):
@@ -161,22 +176,15 @@ class VideoServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="frames")])
     def serve_jpeg(self, frames):
         """Encoded JPEG frames, string (batch, frames): T frames are sampled per video."""
-        frames = _check_rank(frames, 2, "frames", "(batch, frames) of encoded JPEGs")
-        _check_frame_count(tf.shape(frames)[1], "frames")
+        frames = _checked_input(frames, "frames", "(batch, frames) of encoded JPEGs", rank=2,
+                                frames_axis=1)
         return self.classify(self._map_videos(self._views_from_jpegs, frames))
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="frames")])
     def serve_frames(self, frames):
         """Decoded RGB frames, uint8 (batch, frames, H, W, 3), any frame count and size."""
-        layout = "(batch, frames, height, width, 3) of uint8 RGB"
-        frames = _check_rank(frames, 5, "frames", layout)
-        shape = tf.shape(frames)
-        tf.debugging.assert_equal(shape[4], 3, message=f"input 'frames' must have shape "
-                                                       f"{layout}: last axis is not 3")
-        _check_frame_count(shape[1], "frames")
-        tf.debugging.assert_positive(shape[2:4], message="input 'frames': height and width "
-                                                         "must be at least 1")
-        frames = tf.ensure_shape(frames, [None, None, None, None, 3])
+        frames = _checked_input(frames, "frames", "(batch, frames, height, width, 3) of uint8 RGB",
+                                rank=5, frames_axis=1, image_axes=(2, 4))
         return self.classify(self._map_videos(
             lambda video: preprocess.eval_views_from_frames(video, **self.spec.view_kwargs()),
             frames))
@@ -184,13 +192,15 @@ class VideoServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="examples")])
     def serve_examples(self, examples):
         """Serialized `tf.train.SequenceExample`s in the shard format, string (batch,)."""
-        examples = _check_rank(examples, 1, "examples", "(batch,) of serialized SequenceExamples")
+        examples = _checked_input(examples, "examples", "(batch,) of serialized SequenceExamples",
+                                  rank=1)
 
         def one(serialized):
             record = fmt.parse_sequence_example(serialized)
-            _check_frame_count(record["num_frames"],
-                               f"examples' feature list '{fmt.IMAGE_KEY}'")
-            return self._views_from_jpegs(record["frames"])
+            frames = _checked(record["frames"], [tf.debugging.assert_positive(
+                record["num_frames"], message=f"input 'examples': feature list "
+                                              f"'{fmt.IMAGE_KEY}' has no frames")])
+            return self._views_from_jpegs(frames)
 
         return self.classify(self._map_videos(one, examples))
 
