@@ -29,9 +29,11 @@ import argparse
 import csv
 import gc
 import glob
+import itertools
 import json
 import math
 import os
+import random
 import shutil
 import sys
 
@@ -126,10 +128,25 @@ class _BudgetMixin:
         if entry["proposals"] == 1:
             _log(f"rejected before training: {entry['values']} ({reason})")
 
+    def _untried_values(self):
+        """A random untried point of the (all-Choice) space, or None when all were tried.
+
+        keras-tuner gives up after 20 random collisions in a row; with many candidates
+        rejected that happens long before the finite space is exhausted.
+        """
+        names = [hp.name for hp in self.hyperparameters.space]
+        choices = [list(hp.values) for hp in self.hyperparameters.space]
+        untried = [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+        untried = [v for v in untried if not self._duplicate(v)]
+        if not untried:
+            return None
+        self._seed_state += 1
+        return random.Random(self._seed_state).choice(untried)
+
     def _random_values(self):
         for _ in range(MAX_REJECTIONS_PER_PROPOSAL):
-            values = super()._random_values()
-            if values is None:  # nothing untried left
+            values = super()._random_values() or self._untried_values()
+            if values is None:  # every candidate was tried or rejected
                 return None
             reason = self._rejection(values)
             if not reason:
@@ -495,7 +512,7 @@ def run_search(cfg, *, source="config", overwrite=False, train_fn=None, cost_fn=
     _log(f"{cfg.search.tuner} search, {role}: objective {cfg.search.objective}, max_trials "
          f"{cfg.search.max_trials}, budget max_gflops={cfg.search.max_gflops} "
          f"max_params={cfg.search.max_params} -> {project_dir}")
-    tuner.search(verbose=0 if worker else 1)
+    tuner.search(verbose=1 if verbose and not worker else 0)
     if worker:
         return None
     summary = write_report(tuner.oracle, cfg, project_dir)
