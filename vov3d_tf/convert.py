@@ -61,7 +61,7 @@ def keras_layer_name(module, family):
 
 def torch_kernel_to_keras(layer, w):
     """Convert one PyTorch conv/linear weight to `layer`'s kernel layout."""
-    if isinstance(layer, L.PointwiseConv3D):
+    if isinstance(layer, (L.PointwiseConv3D, L.OneShotAggregation)):
         return w.reshape(w.shape[0], -1).T  # (Cout, Cin[,1,1,1]) -> (Cin, Cout)
     if isinstance(layer, L.SpatialConv):
         if layer.depthwise:

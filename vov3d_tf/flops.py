@@ -23,7 +23,7 @@ def _elements(shape):
 def layer_macs(layer):
     """Multiply-adds of one layer for its (static) output shape; 0 for non-conv layers."""
     out = _elements(layer.output.shape)
-    if isinstance(layer, L.PointwiseConv3D):
+    if isinstance(layer, (L.PointwiseConv3D, L.OneShotAggregation)):
         return out * layer.kernel.shape[0]
     if isinstance(layer, L.SpatialConv):
         k2 = layer.kernel_size ** 2

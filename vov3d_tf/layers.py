@@ -35,6 +35,10 @@ class _ConvBase(keras.layers.Layer):
 
     def __init__(self, use_bias=False, activation=None, **kwargs):
         super().__init__(**kwargs)
+        # XLA's CPU depthwise convolution is ~10x slower than TF's native kernels (measured on
+        # this model), so `compile(jit_compile="auto")` must not pick XLA; pass
+        # jit_compile=True explicitly where XLA is measured faster (e.g. on a GPU).
+        self.supports_jit = False
         if activation not in (None, "linear", "relu", "swish", "sigmoid"):
             raise ValueError(f"{self.name}: activation must be None, 'relu', 'swish' or "
                              f"'sigmoid', got {activation!r}")
@@ -96,6 +100,41 @@ class PointwiseConv3D(_ConvBase):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class OneShotAggregation(_ConvBase):
+    """T-OSA aggregation: 1x1x1 conv over the channel-concatenation of its inputs.
+
+    Computed as a sum of one matmul per input (kernel row blocks), which never materialises
+    the concatenated tensor: TF's concat along a short channel axis is a slow strided copy.
+    Kernel `(sum Cin, Cout)`, identical to a PointwiseConv3D on the concatenation.
+    """
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+
+    def build(self, input_shapes):
+        self.splits = [int(s[-1]) for s in input_shapes]
+        self.kernel = self.add_weight(name="kernel", shape=(sum(self.splits), self.filters),
+                                      initializer=torch_fan_out_normal(self.filters))
+        self._add_bias(self.filters)
+
+    def call(self, inputs):
+        shape = tf.shape(inputs[0])
+        kernel = tf.cast(self.kernel, inputs[0].dtype)
+        parts = tf.split(kernel, self.splits, axis=0)
+        y = tf.add_n([tf.matmul(tf.reshape(x, (-1, c)), k)
+                      for x, c, k in zip(inputs, self.splits, parts)])
+        y = self._finish(y)
+        return tf.reshape(y, tf.concat([shape[:-1], [self.filters]], 0))
+
+    def compute_output_shape(self, input_shapes):
+        return tuple(input_shapes[0][:-1]) + (self.filters,)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
 
 
 def _spatial_out(size, kernel, stride):
@@ -334,9 +373,8 @@ def apply_t_osa_block(x, inner, width, num_conv, *, stride, fold_bn, name):
         y = apply_d2plus1d_unit(y, inner, stride=stride if i == 0 else 1, use_se=i % 2 == 0,
                                 fold_bn=fold_bn, name=f"{name}_u{i}")
         outputs.append(y)
-    agg = keras.layers.Concatenate(name=name + "_concat")(outputs)
-    agg = apply_conv_bn(agg, PointwiseConv3D, name + "_agg", fold_bn=fold_bn, filters=width,
-                        zero_gamma=True)
+    agg = apply_conv_bn(outputs, OneShotAggregation, name + "_agg", fold_bn=fold_bn,
+                        filters=width, zero_gamma=True)
     shortcut = apply_shortcut(x, width, stride, fold_bn=fold_bn, name=name)
     out = keras.layers.Add(name=name + "_add")([shortcut, agg])
     return keras.layers.ReLU(name=name + "_relu")(out)
