@@ -1,0 +1,217 @@
+"""Annotation parsers: a CSV `path,label`, Something-Something v1/v2 and Kinetics-400 files.
+
+Each parser returns (items, labels): `labels` is the class-name list (index order) and each
+`Item` names one video (or frame folder) with its label. A label that is not in the label list is
+an annotation error: the parser raises naming the file, line and label (up to 10 of them).
+Missing videos are not errors here: the builder skips them and lists them in the manifest.
+
+Official formats:
+  * Something-Something v2: `labels.json` {template without brackets: "index"}, `train.json` /
+    `validation.json` lists of {"id", "label", "template": "Putting [something] on [something]",
+    "placeholders"}; the class of a video is its template with the brackets removed; videos
+    `{id}.webm` in `20bn-something-something-v2/` (or `--videos-root`).
+  * Something-Something v1: `something-something-v1-labels.csv` (one class per line, line order =
+    index), `something-something-v1-{train,validation}.csv` lines `id;class`; frames
+    `{id}/00001.jpg...` in `20bn-something-something-v1/` (or `--frames-root`).
+  * Kinetics-400: `train.csv` / `validate.csv` with header `label,youtube_id,time_start,time_end,
+    split` (an extra `is_cc` column is ignored). Videos are looked up under `--videos-root`
+    (any sub-folder) by the ActivityNet crawler's name `{youtube_id}_{start:06d}_{end:06d}.mp4`
+    (already cut to the clip: all frames kept) or else `{youtube_id}.{ext}` (a full video: only
+    [time_start, time_end) is stored). Classes: `--labels` file, else the sorted class names.
+"""
+import csv
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from vov3d_tf.data.video_io import VIDEO_EXTENSIONS
+
+SPLIT_FILES = {"train": "train", "training": "train", "validation": "validation",
+               "val": "validation", "valid": "validation", "validate": "validation",
+               "eval": "validation", "test": "test"}
+MAX_REPORTED = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    source: str                      # video file or frame folder
+    label: int
+    label_text: str
+    name: str                        # stored as video/filename
+    kind: str = "video"              # "video" | "frames"
+    start: Optional[float] = None    # seconds, for clips cut from a full video
+    end: Optional[float] = None
+
+
+class AnnotationError(ValueError):
+    pass
+
+
+def read_labels_file(path):
+    """One class per line (blank lines ignored); duplicates are an error."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"labels file {path!r} not found")
+    with open(path, encoding="utf-8") as f:
+        labels = [line.strip() for line in f if line.strip()]
+    if not labels:
+        raise AnnotationError(f"labels file {path!r} is empty")
+    seen = set()
+    for i, label in enumerate(labels):
+        if label in seen:
+            raise AnnotationError(f"labels file {path!r}: class {label!r} appears twice "
+                                  f"(second time at line {i + 1})")
+        seen.add(label)
+    return labels
+
+
+def _index(labels, rows, source):
+    """label text -> index for (line, text) rows; raises listing unknown labels."""
+    lookup = {name: i for i, name in enumerate(labels)}
+    bad = [(line, text) for line, text in rows if text not in lookup]
+    if bad:
+        shown = "; ".join(f"line {line}: {text!r}" for line, text in bad[:MAX_REPORTED])
+        more = f" (and {len(bad) - MAX_REPORTED} more)" if len(bad) > MAX_REPORTED else ""
+        raise AnnotationError(f"{source}: {len(bad)} label(s) not in the {len(labels)} classes: "
+                              f"{shown}{more}")
+    return [lookup[text] for _, text in rows]
+
+
+def _split_file(split):
+    if split not in SPLIT_FILES:
+        raise AnnotationError(f"split {split!r} has no annotation file; use one of "
+                              f"{sorted(SPLIT_FILES)}")
+    return SPLIT_FILES[split]
+
+
+def parse_csv(csv_path, *, labels=None, frames_root=None):
+    """CSV with header `path,label`; relative paths resolve against the CSV's folder, or against
+    `frames_root` when given (then each path is a folder of frames)."""
+    base = frames_root if frames_root is not None else os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise AnnotationError(f"{csv_path}: expected a header with columns path,label, got "
+                                  f"{reader.fieldnames}")
+        rows = [(reader.line_num, r["path"], r["label"].strip()) for r in reader]
+    if not rows:
+        raise AnnotationError(f"{csv_path}: no rows")
+    labels = sorted({r[2] for r in rows}) if labels is None else labels
+    indices = _index(labels, [(line, text) for line, _, text in rows], csv_path)
+    kind = "frames" if frames_root is not None else "video"
+    items = [Item(source=os.path.join(base, path), label=i, label_text=labels[i], name=path,
+                  kind=kind) for (_, path, _), i in zip(rows, indices)]
+    return items, labels
+
+
+def strip_template(template):
+    """'Putting [something] onto [something]' -> 'Putting something onto something'."""
+    return template.replace("[", "").replace("]", "")
+
+
+def parse_ssv2(ssv2_dir, split, *, videos_root=None):
+    """Something-Something v2 annotation JSONs (see the module docstring)."""
+    labels_path = os.path.join(ssv2_dir, "labels.json")
+    with open(labels_path, encoding="utf-8") as f:
+        mapping = json.load(f)
+    try:
+        order = sorted((int(v), k) for k, v in mapping.items())
+    except (AttributeError, ValueError) as e:
+        raise AnnotationError(f"{labels_path}: expected {{class: \"index\"}}, {e}") from None
+    if [i for i, _ in order] != list(range(len(order))):
+        raise AnnotationError(f"{labels_path}: indices are not 0..{len(order) - 1}")
+    labels = [k for _, k in order]
+    ann_path = os.path.join(ssv2_dir, f"{_split_file(split)}.json")
+    with open(ann_path, encoding="utf-8") as f:
+        entries = json.load(f)
+    rows = []
+    for n, e in enumerate(entries):
+        if "template" not in e or "id" not in e:
+            raise AnnotationError(f"{ann_path}: entry {n} has no 'id'/'template' (the test split "
+                                  f"has no labels)")
+        rows.append((f"entry {n} (id {e['id']})", strip_template(e["template"])))
+    indices = _index(labels, rows, ann_path)
+    root = videos_root or _first_dir(ssv2_dir, "20bn-something-something-v2")
+    items = [Item(source=os.path.join(root, f"{e['id']}.webm"), label=i, label_text=labels[i],
+                  name=f"{e['id']}.webm") for e, i in zip(entries, indices)]
+    return items, labels
+
+
+def parse_ssv1(ssv1_dir, split, *, frames_root=None):
+    """Something-Something v1 `;`-separated CSVs (see the module docstring)."""
+    labels_path = os.path.join(ssv1_dir, "something-something-v1-labels.csv")
+    labels = read_labels_file(labels_path)
+    ann_path = os.path.join(ssv1_dir, f"something-something-v1-{_split_file(split)}.csv")
+    ids, rows = [], []
+    with open(ann_path, encoding="utf-8") as f:
+        for line_num, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            video_id, sep, text = line.rstrip("\n").partition(";")
+            if not sep:
+                raise AnnotationError(f"{ann_path}: line {line_num}: expected 'id;class', got "
+                                      f"{line.strip()!r}")
+            ids.append(video_id.strip())
+            rows.append((line_num, text.strip()))
+    indices = _index(labels, rows, ann_path)
+    root = frames_root or _first_dir(ssv1_dir, "20bn-something-something-v1")
+    items = [Item(source=os.path.join(root, v), label=i, label_text=labels[i], name=v,
+                  kind="frames") for v, i in zip(ids, indices)]
+    return items, labels
+
+
+def kinetics_clip_name(youtube_id, start, end):
+    """The ActivityNet crawler's file stem of a cut clip: `{id}_{start:06d}_{end:06d}`."""
+    return f"{youtube_id}_{int(start):06d}_{int(end):06d}"
+
+
+def index_videos(videos_root):
+    """{file stem: path} of every video under videos_root (first in sorted walk order wins)."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(videos_root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in VIDEO_EXTENSIONS:
+                found.setdefault(stem, os.path.join(dirpath, name))
+    return found
+
+
+def parse_k400(csv_path, videos_root, *, labels=None):
+    """Kinetics-400 `train.csv` / `validate.csv` (see the module docstring)."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        need = {"label", "youtube_id", "time_start", "time_end"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise AnnotationError(f"{csv_path}: expected columns {sorted(need)}, got "
+                                  f"{reader.fieldnames}")
+        rows = []
+        for r in reader:
+            try:
+                start, end = float(r["time_start"]), float(r["time_end"])
+            except ValueError:
+                raise AnnotationError(f"{csv_path}: line {reader.line_num}: bad time range "
+                                      f"{r['time_start']!r}, {r['time_end']!r}") from None
+            rows.append((reader.line_num, r["label"].strip(), r["youtube_id"].strip(), start, end))
+    if not rows:
+        raise AnnotationError(f"{csv_path}: no rows")
+    labels = sorted({r[1] for r in rows}) if labels is None else labels
+    indices = _index(labels, [(line, text) for line, text, *_ in rows], csv_path)
+    videos = index_videos(videos_root)
+    items = []
+    for (_, _, yid, start, end), i in zip(rows, indices):
+        clip = kinetics_clip_name(yid, start, end)
+        if clip in videos:  # already cut to [start, end]
+            items.append(Item(source=videos[clip], label=i, label_text=labels[i], name=clip))
+        elif yid in videos:  # the full video: keep only the clip's range
+            items.append(Item(source=videos[yid], label=i, label_text=labels[i], name=clip,
+                              start=start, end=end))
+        else:  # reported as missing by the builder
+            items.append(Item(source=os.path.join(videos_root, clip + ".mp4"), label=i,
+                              label_text=labels[i], name=clip))
+    return items, labels
+
+
+def _first_dir(base, sub):
+    candidate = os.path.join(base, sub)
+    return candidate if os.path.isdir(candidate) else base

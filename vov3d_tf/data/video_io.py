@@ -1,0 +1,150 @@
+"""Reading one video (PyAV) or one folder of frames into resized JPEG frames, for the shard builder.
+
+Runs in worker processes: only PyAV, Pillow and numpy, no TensorFlow ops.
+
+Frame policy (stated in the manifest's build params):
+  * short side resized to `short_side` with Pillow's bilinear filter, never upscaled;
+  * `fps=None` keeps every decoded frame; `fps=F` resamples by timestamp, output frame k shows the
+    frame on screen at time t0 + k / F (the latest frame with pts <= that time);
+  * `start`/`end` (seconds) keep only that time range (Kinetics clips cut from full videos);
+  * JPEG at `jpeg_quality`, RGB.
+"""
+import io
+import os
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class VideoError(Exception):
+    """A video that cannot be used; the message is the reason stored in the manifest."""
+
+
+def output_size(width, height, short_side):
+    """(w, h) with the short side = short_side (never upscaled), long side rounded."""
+    short = min(width, height)
+    if short_side is None or short <= short_side:
+        return width, height
+    scale = short_side / short
+    if width <= height:
+        return short_side, max(1, int(round(height * scale)))
+    return max(1, int(round(width * scale))), short_side
+
+
+def encode_image(image, size, jpeg_quality):
+    """PIL image -> JPEG bytes at `size` (w, h), RGB."""
+    from PIL import Image
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != size:
+        image = image.resize(size, Image.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=jpeg_quality)
+    return buf.getvalue()
+
+
+def read_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_quality=90):
+    """JPEG frames of a video file (list of bytes); raises VideoError with the reason."""
+    import av
+    if not os.path.exists(path):
+        raise VideoError("file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        container = av.open(path)
+    except Exception as e:  # noqa: BLE001  (PyAV raises many error types; all mean "unreadable")
+        raise VideoError(f"cannot open: {type(e).__name__}: {e}") from None
+    frames = []
+    try:
+        if not container.streams.video:
+            raise VideoError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or 30)
+        if start:
+            # Seek to the keyframe before `start`; frames before it are skipped by time below.
+            container.seek(int(start / stream.time_base), stream=stream, backward=True)
+        size = None
+        step = None if fps is None else 1.0 / fps
+        t0, k, prev, last_t = None, 0, None, None
+
+        def emit(frame):
+            nonlocal size
+            image = frame.to_image()
+            if size is None:
+                size = output_size(image.width, image.height, short_side)
+            frames.append(encode_image(image, size, jpeg_quality))
+
+        for i, frame in enumerate(container.decode(stream)):
+            t = frame.time if frame.time is not None else i / rate
+            if end is not None and t >= end:
+                break
+            if start is not None and t < start:
+                prev = frame  # on screen at `start` if the next frame comes later
+                continue
+            if step is None:
+                emit(frame)
+            else:
+                if t0 is None:
+                    t0 = start if (start is not None and prev is not None) else t
+                while prev is not None and t0 + k * step < t:
+                    emit(prev)
+                    k += 1
+            prev, last_t = frame, t
+        if step is not None and prev is not None and last_t is not None:
+            stop = end if end is not None else last_t + 1.0 / rate
+            t0 = last_t if t0 is None else t0
+            while t0 + k * step < stop:
+                emit(prev)
+                k += 1
+    except VideoError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise VideoError(f"decoding failed after {len(frames)} frames: {type(e).__name__}: {e}") from None
+    finally:
+        container.close()
+    if not frames:
+        raise VideoError("no frames decoded" + (f" in [{start}, {end}) s" if start is not None else ""))
+    return frames
+
+
+def read_frame_folder(path, *, short_side=256, jpeg_quality=90):
+    """JPEG frames of a folder of images, in file-name order; JPEGs that need no resize are kept
+    byte-for-byte."""
+    from PIL import Image
+    if not os.path.isdir(path):
+        raise VideoError("frame folder not found")
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS))
+    if not names:
+        raise VideoError("frame folder has no images")
+    frames, size = [], None
+    for name in names:
+        file = os.path.join(path, name)
+        try:
+            with open(file, "rb") as f:
+                raw = f.read()
+            image = Image.open(io.BytesIO(raw))
+            image.load()
+        except Exception as e:  # noqa: BLE001
+            raise VideoError(f"cannot read frame {name}: {type(e).__name__}: {e}") from None
+        if size is None:
+            size = output_size(image.width, image.height, short_side)
+        if image.format == "JPEG" and image.mode == "RGB" and image.size == size:
+            frames.append(raw)
+        else:
+            frames.append(encode_image(image, size, jpeg_quality))
+    return frames
+
+
+def frames_shape(jpeg):
+    """(h, w) of a JPEG (for tests and reports)."""
+    from PIL import Image
+    w, h = Image.open(io.BytesIO(jpeg)).size
+    return h, w
+
+
+def decode(jpeg):
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
