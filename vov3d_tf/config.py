@@ -67,6 +67,7 @@ class DataConfig:
     test_short_side: int = field(default=256, metadata=_positive())
     test_crop_size: Optional[int] = field(default=None, metadata=_positive())  # null = short side
     on_corrupt: Literal["skip", "fail"] = "skip"
+    shuffle_frames: bool = False  # control experiment: destroy frame order in train and eval
     # Demo only: keyword arguments of vov3d_tf.data.synthetic.write_synthetic_dataset; the
     # shards are written when `train_files` matches nothing (null = never generate data).
     synthetic: Optional[dict] = None

@@ -1,0 +1,641 @@
+"""Training: distribution strategy, the paper's optimiser and schedule, fault tolerance, run(cfg).
+
+Read top to bottom, `run(cfg)` is:
+
+    setup     strategy (Mirrored, or MultiWorkerMirrored when TF_CONFIG is set), precision, seeds
+    data      synthetic shards if asked for and missing; shard patterns checked before anything
+    model     model_from_config(cfg.model) (the config stops there), optional synchronized BN
+    schedule  SGD Nesterov 0.9, base LR x batch / reference batch, linear warm-up then cosine,
+              weight decay on everything but BatchNorm parameters and biases
+    restore   the latest tf.train checkpoint (weights, optimizer slots, step => schedule)
+    loop      keras fit, resumed mid-epoch at the saved step; checkpoints every N steps and at
+              every epoch end; NaN/inf loss stops with the last good checkpoint kept
+    finish    precise BN, best/last .keras, multi-view test, final_metrics.json (=> finished)
+
+Everything is written into `cfg.train.output_dir`:
+
+    config.json            the resolved config (every key)
+    checkpoints/           tf.train checkpoints (the resume state)
+    history.csv, logs/     Keras CSV history and TensorBoard (loss, accuracy, learning rate)
+    best.keras, last.keras inference models (no optimizer; best = highest periodic eval top-1)
+    final_metrics.json     top-1/top-5 of the final multi-view test; its presence = finished
+    per_class_accuracy.csv, confusion_matrix.png
+"""
+import glob
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vov3d_tf import evaluation
+from vov3d_tf.config import config_to_dict, save_config
+from vov3d_tf.models import VideoClassifier, create_model
+
+__all__ = ["model_from_config", "select_strategy", "scaled_learning_rate", "WarmupCosineDecay",
+           "make_optimizer", "check_data", "count_records", "class_names", "make_datasets",
+           "run", "evaluate_run", "TrainingDiverged"]
+
+CHECKPOINT_DIR = "checkpoints"
+FINAL_METRICS = "final_metrics.json"
+RUN_FILES = ("config.json", CHECKPOINT_DIR, "logs", "history.csv", "best.keras", "last.keras",
+             FINAL_METRICS, "per_class_accuracy.csv", "confusion_matrix.png", "eval")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Adapters: config -> plain arguments
+# ----------------------------------------------------------------------------------------------
+
+def model_from_config(model_cfg, input_shape=None):
+    """`ModelConfig` -> `create_model(...)`; null overrides keep the variant's defaults."""
+    overrides = {"dropout_rate": model_cfg.dropout_rate}
+    for key in ("base_width", "num_conv", "blocks"):
+        value = getattr(model_cfg, key)
+        if value is not None:
+            overrides[key] = tuple(value) if key == "blocks" else value
+    if input_shape is not None:
+        overrides["input_shape"] = tuple(input_shape)
+    return create_model(model_cfg.name, model_cfg.num_classes, **overrides)
+
+
+def select_strategy():
+    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, else MirroredStrategy
+    over the local GPUs (the CPU when there are none)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    if tf_config.get("cluster"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _worker_dir(path, strategy):
+    """Where this worker writes `path`: the chief writes the real path, the others a temporary
+    sibling (every worker must save, since saving reads synchronised variables)."""
+    if _is_chief(strategy):
+        return path
+    resolver = strategy.cluster_resolver
+    return os.path.join(os.path.dirname(path) or ".", f".worker_{resolver.task_type}_"
+                        f"{resolver.task_id}", os.path.basename(path))
+
+
+def scaled_learning_rate(train_cfg):
+    """Linear scaling rule: base LR at the reference batch, scaled to the global batch."""
+    return train_cfg.base_lr * train_cfg.batch_size / train_cfg.lr_reference_batch
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """PySlowFast's cosine policy with linear warm-up, per step (ARCHITECTURE.md §12)::
+
+        lr(s) = 0.5 * peak * (1 + cos(pi * s / total))                       s >= warmup
+        lr(s) = start + (lr(warmup) - start) * s / warmup                     s <  warmup
+
+    The cosine runs over the whole run (warm-up included) and ends at 0, as in the reference.
+    """
+
+    def __init__(self, peak_lr, total_steps, warmup_steps=0, warmup_start_lr=0.0):
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_start_lr = float(warmup_start_lr)
+
+    def _cosine(self, step):
+        frac = tf.minimum(step / float(max(self.total_steps, 1)), 1.0)
+        return 0.5 * self.peak_lr * (1.0 + tf.cos(math.pi * frac))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        cosine = self._cosine(step)
+        if self.warmup_steps <= 0:
+            return cosine
+        end = self._cosine(tf.constant(float(self.warmup_steps)))
+        warm = self.warmup_start_lr + (end - self.warmup_start_lr) * step / self.warmup_steps
+        return tf.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self):
+        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "warmup_start_lr": self.warmup_start_lr}
+
+
+def _no_decay_variables(model):
+    """BatchNorm gamma/beta and every bias: excluded from weight decay."""
+    out = []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            out += layer.trainable_weights
+        else:
+            out += [w for w in layer.trainable_weights if w.name == "bias"]
+    return out
+
+
+def make_optimizer(train_cfg, model, steps_per_epoch):
+    """SGD (Nesterov) with the warm-up + cosine schedule; weight decay not on BN and biases.
+
+    Keras' weight decay is decoupled (w -= lr * wd * w each step), PyTorch's SGD adds wd * w
+    to the gradient; with momentum 0.9 the two differ by the momentum amplification.
+    """
+    total = train_cfg.epochs * steps_per_epoch
+    warmup = int(round(train_cfg.warmup_epochs * steps_per_epoch))
+    schedule = WarmupCosineDecay(scaled_learning_rate(train_cfg), total, warmup,
+                                 train_cfg.warmup_start_lr)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=train_cfg.momentum,
+                                     nesterov=train_cfg.nesterov,
+                                     weight_decay=train_cfg.weight_decay or None)
+    if train_cfg.weight_decay:
+        optimizer.exclude_from_weight_decay(var_list=_no_decay_variables(model))
+    if train_cfg.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def use_synchronized_batchnorm(model):
+    """Compute BN batch statistics over all replicas (SyncBN) in every BN layer of `model`.
+
+    Keras' BatchNormalization reads its `synchronized` flag when traced, so setting it before
+    the first train step equals building with `BatchNormalization(synchronized=True)`; the
+    saved model config is unchanged (inference does not use batch statistics).
+    """
+    n = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: checks before anything is built, then the datasets
+# ----------------------------------------------------------------------------------------------
+
+def _ensure_synthetic(cfg, source):
+    """demo.json: write the synthetic shards into train_files' folder if nothing matches."""
+    if cfg.data.synthetic is None or glob.glob(cfg.data.train_files):
+        return None
+    from vov3d_tf.data.synthetic import write_synthetic_dataset
+    out = os.path.dirname(cfg.data.train_files) or "."
+    print(f"[vov3d] {source}: data.train_files {cfg.data.train_files!r} matches nothing; "
+          f"writing the synthetic shards into {out}/ ...", flush=True)
+    t0 = time.time()
+    write_synthetic_dataset(out, **cfg.data.synthetic)
+    print(f"[vov3d] synthetic shards written in {time.time() - t0:.1f} s", flush=True)
+    return out
+
+
+def check_data(cfg, source="config", need_train=True):
+    """Every shard pattern must match files; a clear error naming the key otherwise."""
+    keys = (["train_files"] if need_train else []) + ["eval_files"]
+    for key in keys:
+        pattern = getattr(cfg.data, key)
+        if not glob.glob(pattern):
+            folder = os.path.dirname(pattern) or "."
+            hint = ("" if os.path.isdir(folder) else f" (folder {folder!r} does not exist)")
+            raise FileNotFoundError(f"{source}: data.{key}: no file matches {pattern!r}{hint}; "
+                                    f"build shards with `python -m vov3d_tf.data.build_shards`")
+    if cfg.data.labels_file and not os.path.exists(cfg.data.labels_file):
+        raise FileNotFoundError(f"{source}: data.labels_file: {cfg.data.labels_file!r} not found")
+
+
+def _manifest_records(files):
+    """{shard path: record count} from the manifests next to the shards (where there is one)."""
+    counts = {}
+    for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in files}):
+        path = os.path.join(folder, "manifest.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            manifest = json.load(f)
+        for split in manifest.get("splits", {}).values():
+            for shard in split.get("shards", []):
+                counts[os.path.join(folder, shard["file"])] = int(shard["records"])
+    return counts
+
+
+def count_records(pattern):
+    """Records matched by a shard pattern: manifest counts, else read through the files."""
+    files = sorted(glob.glob(pattern))
+    known = _manifest_records(files)
+    total = 0
+    for f in files:
+        if os.path.abspath(f) in known:
+            total += known[os.path.abspath(f)]
+        else:
+            gz = f.endswith(".gz")
+            total += sum(1 for _ in tf.data.TFRecordDataset(f, "GZIP" if gz else ""))
+    return total
+
+
+def class_names(cfg):
+    """Label list: `data.labels_file`, else the manifest next to the eval (or train) shards."""
+    if cfg.data.labels_file:
+        with open(cfg.data.labels_file, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    for pattern in (cfg.data.eval_files, cfg.data.train_files):
+        for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in glob.glob(pattern)}):
+            path = os.path.join(folder, "manifest.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    return list(json.load(f)["labels"])
+    return None
+
+
+def _test_crop(cfg):
+    return cfg.data.test_crop_size or cfg.data.test_short_side
+
+
+def make_datasets(cfg, *, seed=0, training=True, evaluation_=True):
+    """(train, eval) tf.data datasets from the shard patterns via `vov3d_tf.data.make_dataset`.
+
+    Train elements `(clips (B, T, c, c, 3), labels (B,))`, repeated forever; eval elements
+    `(views (B, V, T, c', c', 3), labels (B,))`. `data.shuffle_frames` permutes the frames of
+    every clip/video at random (the control of the "learns time" experiment).
+    """
+    from vov3d_tf.data import make_dataset
+    d = cfg.data
+    common = dict(num_frames=d.num_frames, sampling=d.sampling, sampling_rate=d.sampling_rate,
+                  on_corrupt=d.on_corrupt)
+    train = ev = None
+    if training:
+        train = make_dataset(d.train_files, training=True, batch_size=cfg.train.batch_size,
+                             crop_size=d.crop_size, scale_range=tuple(d.train_short_side),
+                             inverse_uniform=d.inverse_uniform_scale, random_flip=d.random_flip,
+                             seed=seed, repeat=True, **common)
+    if evaluation_:
+        ev = make_dataset(d.eval_files, training=False, batch_size=cfg.eval.batch_size,
+                          test_short_side=d.test_short_side, test_crop_size=_test_crop(cfg),
+                          num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops, **common)
+    if d.shuffle_frames:
+        train = _shuffle_frames(train, seed, 1) if train is not None else None
+        ev = _shuffle_frames(ev, seed + 1, 2) if ev is not None else None
+    return train, ev
+
+
+def _shuffle_frames(ds, seed, time_axis):
+    """Permute the frames of every clip (train) or of every video's views (eval) at random."""
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def shuffle(xy, s):
+        x, y = xy
+        keys = tf.random.stateless_uniform(tf.stack([tf.shape(x)[0], tf.shape(x)[time_axis]]),
+                                           seed=s)
+        return tf.gather(x, tf.argsort(keys, axis=1), axis=time_axis, batch_dims=1), y
+    return tf.data.Dataset.zip((ds, seeds)).map(shuffle)
+
+
+# ----------------------------------------------------------------------------------------------
+# Callbacks
+# ----------------------------------------------------------------------------------------------
+
+def _all_finite(model):
+    return all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in model.weights
+               if "float" in str(w.dtype))
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """tf.train checkpoint every `every_steps` steps and at each epoch end; stops on NaN/inf.
+
+    A checkpoint holds the model weights, the optimizer slots and its iteration counter (so the
+    LR schedule resumes exactly). It is only written while the loss and the weights are finite;
+    on a NaN/inf loss training stops and `diverged` describes what happened.
+    """
+
+    def __init__(self, manager, every_steps, steps_per_epoch, strategy):
+        super().__init__()
+        self.manager = manager
+        self.every_steps = every_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.strategy = strategy
+        self.diverged = None
+        self.last_saved = None
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def save(self, step):
+        if self.diverged or step == self.last_saved:
+            return
+        if not _all_finite(self.model):
+            self._stop(step, "the weights contain NaN/inf")
+            return
+        self.manager.save(checkpoint_number=step)
+        self.last_saved = step
+
+    def _stop(self, step, what):
+        last = self.manager.latest_checkpoint
+        self.diverged = (f"training diverged at step {step} (epoch "
+                         f"{step // self.steps_per_epoch + 1}): {what}. Stopped; the last good "
+                         f"checkpoint is kept: {last or 'none (diverged before the first save)'}. "
+                         f"Lower train.base_lr, or check the data.")
+        self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.diverged:
+            return
+        loss = (logs or {}).get("loss")
+        step = self._step()
+        if loss is not None and not math.isfinite(float(loss)):
+            self._stop(step, f"the loss is {float(loss)}")
+            return
+        if step % self.every_steps == 0:
+            self.save(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(self._step())
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the current learning rate to the epoch logs (CSV history and TensorBoard)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            opt = self.model.optimizer
+            logs["learning_rate"] = float(opt.learning_rate.numpy()
+                                          if hasattr(opt.learning_rate, "numpy")
+                                          else opt.learning_rate)
+
+
+class PeriodicEval(keras.callbacks.Callback):
+    """Multi-view test every `every_epochs` epochs: adds val_top1/val_top5 to the epoch logs
+    (NaN on other epochs, so the CSV keeps its columns) and keeps best.keras up to date."""
+
+    def __init__(self, dataset, num_classes, every_epochs, best_path, best_var, save_fn):
+        super().__init__()
+        self.dataset = dataset
+        self.num_classes = num_classes
+        self.every_epochs = every_epochs
+        self.best_path = best_path
+        self.best_var = best_var  # tf.Variable in the checkpoint: survives a resume
+        self.save_fn = save_fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if not self.every_epochs or (epoch + 1) % self.every_epochs:
+            logs["val_top1"] = logs["val_top5"] = float("nan")
+            return
+        result = evaluation.evaluate(self.model, self.dataset, self.num_classes, verbose=False)
+        logs["val_top1"], logs["val_top5"] = result["top1"], result["top5"]
+        print(f"\n[vov3d] epoch {epoch + 1}: eval top-1 {result['top1']:.4f} "
+              f"top-5 {result['top5']:.4f} ({result['num_videos']} videos x "
+              f"{result['num_views']} views)", flush=True)
+        if result["top1"] > float(self.best_var.numpy()):
+            self.best_var.assign(result["top1"])
+            self.save_fn(self.model, self.best_path)
+
+
+def save_inference_model(model, path, strategy=None):
+    """`.keras` file of the bare model (float32, no optimizer): loadable with only vov3d_tf."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clean = VideoClassifier.from_config(model.get_config())
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    clean.set_weights(model.get_weights())
+    target = _worker_dir(path, strategy) if strategy is not None else path
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    tmp = target + ".tmp.keras"
+    clean.save(tmp)
+    os.replace(tmp, target)  # never a half-written .keras under the final name
+    if strategy is not None and target != path:
+        shutil.rmtree(os.path.dirname(target), ignore_errors=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# run(cfg)
+# ----------------------------------------------------------------------------------------------
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _prepare_output_dir(cfg, source, force, chief):
+    out = cfg.train.output_dir
+    final = os.path.join(out, FINAL_METRICS)
+    if force and chief:
+        for name in RUN_FILES:
+            p = os.path.join(out, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
+    elif os.path.exists(final):
+        return _read_json(final)
+    saved = os.path.join(out, "config.json")
+    ckpt = tf.train.latest_checkpoint(os.path.join(out, CHECKPOINT_DIR))
+    if ckpt and os.path.exists(saved):
+        before = _read_json(saved)
+        now = config_to_dict(cfg)
+        for section in ("model",):
+            if before.get(section) != now[section]:
+                raise ValueError(
+                    f"{source}: train.output_dir {out!r} holds a checkpoint of a different "
+                    f"{section!r} section ({before.get(section)} vs {now[section]}); use another "
+                    f"output_dir or --force to start over")
+        for key in ("batch_size", "epochs", "steps_per_epoch", "base_lr"):
+            if before.get("train", {}).get(key) != now["train"][key]:
+                print(f"[vov3d] warning: train.{key} changed since the checkpoint "
+                      f"({before['train'].get(key)} -> {now['train'][key]}); resuming anyway",
+                      flush=True)
+    if chief:
+        os.makedirs(out, exist_ok=True)
+        save_config(cfg, saved)
+    return None
+
+
+def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
+    """Train `cfg` (resuming from its output_dir), then precise BN and the multi-view test.
+
+    Returns a dict: `top1`, `top5`, `num_videos`, `num_views`, `steps`, `epochs`,
+    `best_weights`, `last_weights`, `output_dir`, `train_seconds`, `already_finished`.
+    A run whose `final_metrics.json` exists is not retrained (its metrics are returned with
+    `already_finished=True`) unless `force`. `datasets=(train, eval)` replaces the shard
+    pipeline (tests, the search). Raises `TrainingDiverged` on a NaN/inf loss.
+    """
+    t_start = time.time()
+    tc = cfg.train
+    out = tc.output_dir
+    keras.utils.set_random_seed(tc.seed)
+    keras.mixed_precision.set_global_policy(tc.mixed_precision or "float32")
+    strategy = select_strategy()
+    chief = _is_chief(strategy)
+
+    # --- data checks first: nothing is built when a pattern matches nothing ----------------
+    if datasets is None:
+        if chief:
+            _ensure_synthetic(cfg, source)
+        check_data(cfg, source)
+    finished = _prepare_output_dir(cfg, source, force, chief)
+    if finished is not None:
+        print(f"[vov3d] {out} already holds a finished run (top-1 {finished.get('top1'):.4f}, "
+              f"top-5 {finished.get('top5'):.4f}); not retraining. Use --force to train again "
+              f"or --eval-only to re-evaluate.", flush=True)
+        return {**finished, "already_finished": True}
+
+    names = class_names(cfg) if datasets is None else None
+    if names is not None and len(names) != cfg.model.num_classes:
+        raise ValueError(f"{source}: model.num_classes is {cfg.model.num_classes} but the "
+                         f"dataset has {len(names)} labels")
+    if tc.steps_per_epoch:
+        steps_per_epoch = tc.steps_per_epoch
+    elif datasets is None:
+        steps_per_epoch = max(1, count_records(cfg.data.train_files) // tc.batch_size)
+    else:
+        raise ValueError(f"{source}: train.steps_per_epoch must be set with in-memory datasets")
+    total_steps = tc.epochs * steps_per_epoch
+
+    # --- model, optimizer, restore ---------------------------------------------------------
+    with strategy.scope():
+        model = model_from_config(cfg.model)
+        if tc.sync_bn:
+            use_synchronized_batchnorm(model)
+        optimizer = make_optimizer(tc, model, steps_per_epoch)
+        if tc.label_smoothing:
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                        label_smoothing=tc.label_smoothing)
+            metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"),
+                       keras.metrics.TopKCategoricalAccuracy(5, name="top5")]
+        else:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                       keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+        best_top1 = tf.Variable(-1.0, trainable=False, dtype=tf.float32)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, best_top1=best_top1)
+    ckpt_dir = _worker_dir(os.path.join(out, CHECKPOINT_DIR), strategy)
+    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=2)
+    chief_latest = tf.train.latest_checkpoint(os.path.join(out, CHECKPOINT_DIR))
+    if chief_latest:
+        ckpt.restore(chief_latest).assert_existing_objects_matched()
+    step = int(optimizer.iterations.numpy())
+    if chief_latest:
+        print(f"[vov3d] resuming {out} from {chief_latest}: step {step}/{total_steps} "
+              f"(epoch {step // steps_per_epoch + 1}, step {step % steps_per_epoch} of "
+              f"{steps_per_epoch})", flush=True)
+
+    # --- data --------------------------------------------------------------------------------
+    if datasets is None:
+        train_ds, eval_ds = make_datasets(cfg, seed=tc.seed + step)
+    else:
+        train_ds, eval_ds = datasets
+    if tc.label_smoothing:
+        k = cfg.model.num_classes
+        train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k)))
+
+    # --- loop --------------------------------------------------------------------------------
+    best_path = os.path.join(out, "best.keras")
+    last_path = os.path.join(out, "last.keras")
+    saver = StepCheckpoint(manager, tc.checkpoint_every_steps, steps_per_epoch, strategy)
+    save_fn = lambda m, p: save_inference_model(m, p, strategy)  # noqa: E731
+    callbacks = [LearningRateLogger(),
+                 PeriodicEval(eval_ds, cfg.model.num_classes, cfg.eval.every_epochs, best_path,
+                              best_top1, save_fn), saver]
+    if chief:
+        callbacks += [keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+                      keras.callbacks.TensorBoard(os.path.join(out, "logs"), update_freq="epoch")]
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    t_train = time.time()
+    epoch0, in_epoch = divmod(step, steps_per_epoch)
+    if step < total_steps and in_epoch:  # finish the interrupted epoch first
+        model.fit(train_ds, initial_epoch=epoch0, epochs=epoch0 + 1,
+                  steps_per_epoch=steps_per_epoch - in_epoch, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+        epoch0 += 1
+    if not saver.diverged and epoch0 < tc.epochs:
+        model.fit(train_ds, initial_epoch=epoch0, epochs=tc.epochs,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
+    if saver.diverged:
+        raise TrainingDiverged(saver.diverged)
+    train_seconds = time.time() - t_train
+    step = int(optimizer.iterations.numpy())
+
+    # --- finish: precise BN, weights, multi-view test ------------------------------------------
+    if tc.precise_bn_batches and datasets is None:
+        precise_ds, _ = make_datasets(cfg, seed=tc.seed + 10_000_019, evaluation_=False)
+    else:
+        precise_ds = train_ds if tc.precise_bn_batches else None
+    if precise_ds is not None:
+        n = evaluation.precise_bn(model, precise_ds, tc.precise_bn_batches)
+        print(f"[vov3d] precise BN: statistics recomputed over {n} training batches", flush=True)
+    save_fn(model, last_path)
+    if float(best_top1.numpy()) < 0:  # no periodic eval: best is the final model
+        save_fn(model, best_path)
+    result = evaluation.evaluate(model, eval_ds, cfg.model.num_classes, class_names=names,
+                                 output_dir=out if chief else None, verbose=verbose == 1)
+    metrics = {"top1": result["top1"], "top5": result["top5"],
+               "num_videos": result["num_videos"], "num_views": result["num_views"],
+               "steps": step, "epochs": tc.epochs, "train_seconds": round(train_seconds, 1),
+               "total_seconds": round(time.time() - t_start, 1),
+               "best_weights": best_path, "last_weights": last_path, "output_dir": out,
+               "per_class_csv": result.get("per_class_csv"),
+               "confusion_png": result.get("confusion_png")}
+    if chief:
+        tmp = os.path.join(out, FINAL_METRICS + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(tmp, os.path.join(out, FINAL_METRICS))
+    print(f"[vov3d] final multi-view test ({result['num_videos']} videos x "
+          f"{result['num_views']} views): top-1 {result['top1']:.4f}, top-5 "
+          f"{result['top5']:.4f}; trained {step} steps in {train_seconds:.0f} s", flush=True)
+    return {**metrics, "already_finished": False}
+
+
+def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_dir=None):
+    """`--eval-only`: multi-view test of saved weights (default: output_dir/best.keras, then
+    last.keras). Writes eval/metrics.json, per-class CSV and confusion PNG under output_dir."""
+    out = output_dir or os.path.join(cfg.train.output_dir, "eval")
+    if weights is None:
+        for name in ("best.keras", "last.keras"):
+            candidate = os.path.join(cfg.train.output_dir, name)
+            if os.path.exists(candidate):
+                weights = candidate
+                break
+        else:
+            raise FileNotFoundError(f"{source}: no best.keras/last.keras in train.output_dir "
+                                    f"{cfg.train.output_dir!r}; pass --weights")
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"--weights: {weights!r} not found")
+    if datasets is None:
+        check_data(cfg, source, need_train=False)
+        _, eval_ds = make_datasets(cfg, training=False)
+        names = class_names(cfg)
+    else:
+        eval_ds, names = datasets[1], None
+    model = keras.models.load_model(weights, compile=False)
+    if model.outputs[0].shape[-1] != cfg.model.num_classes:
+        raise ValueError(f"{weights}: the model has {model.outputs[0].shape[-1]} classes, "
+                         f"model.num_classes is {cfg.model.num_classes}")
+    result = evaluation.evaluate(model, eval_ds, cfg.model.num_classes, class_names=names,
+                                 output_dir=out)
+    metrics = {k: result[k] for k in ("top1", "top5", "num_videos", "num_views")}
+    metrics.update(weights=weights, per_class_csv=result["per_class_csv"],
+                   confusion_png=result["confusion_png"])
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    print(f"[vov3d] {weights}: multi-view test ({result['num_videos']} videos x "
+          f"{result['num_views']} views): top-1 {result['top1']:.4f}, top-5 "
+          f"{result['top5']:.4f}", flush=True)
+    return metrics
