@@ -1,0 +1,130 @@
+"""Check a shard directory against its manifest: `python -m vov3d_tf.data.validate DIR [--full]`.
+
+Re-reads every record of every split and checks: the shard exists, its sha256 and record count
+match the manifest, every record parses, has a label index inside the label list whose text
+matches it, and at least one frame; all frames of a record are JPEGs of one size (headers only;
+`--full` decodes every frame); per-split class histograms match. Prints one line per problem,
+naming the shard and record, and exits 1 if there is any (0 and a JSON summary otherwise).
+"""
+import argparse
+import io
+import json
+import os
+import re
+import sys
+
+from vov3d_tf.data import format as fmt
+from vov3d_tf.data import shards
+
+
+def check_record(serialized, labels, *, full=False):
+    """Problems (list of str) of one serialized record; empty if it is fine."""
+    from PIL import Image
+    try:
+        frames, indices, texts, _ = fmt.read_sequence_example(serialized)
+    except Exception as e:  # noqa: BLE001  (protobuf raises DecodeError and others)
+        return [f"not a SequenceExample ({type(e).__name__}: {e})"]
+    problems = []
+    if not indices:
+        problems.append(f"no {fmt.LABEL_INDEX_KEY}")
+    for j, index in enumerate(indices):
+        if not 0 <= index < len(labels):
+            problems.append(f"label index {index} outside the {len(labels)} classes")
+        elif j < len(texts) and texts[j] != labels[index]:
+            problems.append(f"label text {texts[j]!r} != manifest class {index} {labels[index]!r}")
+    if not frames:
+        problems.append(f"no frames in {fmt.IMAGE_KEY}")
+    size = None
+    for k, jpeg in enumerate(frames):
+        try:
+            image = Image.open(io.BytesIO(jpeg))
+            if image.format != "JPEG":
+                raise ValueError(f"format {image.format}")
+            if full:
+                image.load()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"frame {k} is not a valid JPEG ({type(e).__name__}: {e})")
+            break
+        if size is None:
+            size = image.size
+        elif image.size != size:
+            problems.append(f"frame {k} is {image.size[0]}x{image.size[1]}, frame 0 is "
+                            f"{size[0]}x{size[1]}")
+            break
+    return problems
+
+
+def validate(directory, *, full=False, log=print):
+    """Logs each problem; returns (number of problems, summary dict)."""
+    import tensorflow as tf
+    try:
+        manifest = shards.read_manifest(directory)
+    except (FileNotFoundError, ValueError) as e:
+        log(f"BAD {e}")
+        return 1, {}
+    labels = manifest["labels"]
+    problems, summary = 0, {}
+    for split, entry in sorted(manifest["splits"].items()):
+        histogram = [0] * len(labels)
+        total = 0
+        for shard in entry["shards"]:
+            path = os.path.join(directory, shard["file"])
+            if not os.path.exists(path):
+                log(f"BAD {path}: missing (listed in the manifest)")
+                problems += 1
+                continue
+            digest = shards.sha256_file(path)
+            if digest != shard["sha256"]:
+                log(f"BAD {path}: sha256 {digest} != manifest {shard['sha256']}")
+                problems += 1
+            count = 0
+            records = tf.data.TFRecordDataset(path, compression_type=entry.get("compression", ""))
+            try:
+                for serialized in records:
+                    record_problems = check_record(serialized.numpy(), labels, full=full)
+                    for p in record_problems:
+                        log(f"BAD {path}: record {count}: {p}")
+                    problems += len(record_problems)
+                    if not record_problems:
+                        histogram[fmt.read_sequence_example(serialized.numpy())[1][0]] += 1
+                    count += 1
+            except tf.errors.OpError as e:
+                log(f"BAD {path}: unreadable after record {count - 1} (truncated or corrupt: "
+                    f"{_tf_message(e)})")
+                problems += 1
+            except Exception as e:  # noqa: BLE001  (a broken record must not stop the scan)
+                log(f"BAD {path}: record {count}: {type(e).__name__}: {e}")
+                problems += 1
+            if count != shard["records"]:
+                log(f"BAD {path}: {count} records read, manifest says {shard['records']}")
+                problems += 1
+            total += count
+        if histogram != entry.get("class_histogram", histogram):
+            log(f"BAD split {split!r}: class histogram of the records differs from the manifest's")
+            problems += 1
+        summary[split] = {"records": total, "shards": len(entry["shards"]),
+                          "skipped_at_build": entry.get("num_skipped", 0)}
+    return problems, summary
+
+
+def _tf_message(error):
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message).splitlines()[0]
+    return re.sub(r"\s*\[Op:\w+\].*", "", text)[:200]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.data.validate",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("directory")
+    parser.add_argument("--full", action="store_true", help="decode every JPEG frame")
+    args = parser.parse_args(argv)
+    problems, summary = validate(args.directory, full=args.full)
+    if problems:
+        print(f"{args.directory}: {problems} problem(s)", file=sys.stderr)
+        return 1
+    print(json.dumps({"directory": args.directory, "ok": True, "splits": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
