@@ -107,29 +107,35 @@ def spec_from_config(cfg, *, multi_view=False, top_k=5):
 # The served graph
 # ----------------------------------------------------------------------------------------------
 
-def _checked(x, checks):
-    # Control dependencies: the checks run before anything reads `x` (not in parallel with it).
-    with tf.control_dependencies(checks):
-        return tf.identity(x)
+def _guard(x, ok, message, data=()):
+    """`x` once `ok` holds, else an InvalidArgument error with `message` and `data`.
+
+    A data dependency (tf.cond), not a control dependency: grappler's constant folding
+    rewrites Shape(checked x) to Shape(x) when it can prove both have the same shape, and then
+    shape-dependent ops run before (and fail instead of) the assert. The failing branch returns
+    a differently shaped (empty) tensor so that no such proof exists.
+    """
+    def fail():
+        with tf.control_dependencies([tf.debugging.Assert(False, [message, *data], summarize=16)]):
+            return tf.reshape(x, [-1])[:0]
+
+    return tf.cond(ok, lambda: tf.identity(x), fail)
 
 
 def _checked_input(x, name, layout, rank, frames_axis=None, image_axes=None):
     """Run-time checks of a signature input (declared with unknown rank, so never folded away):
     rank, at least one frame, non-empty images with 3 channels. InvalidArgument otherwise."""
-    expected = f"input '{name}' must have shape {layout}"
-    x = _checked(x, [tf.debugging.assert_rank(x, rank, message=expected)])
+    expected = f"input '{name}' must have shape {layout}; got shape"
+    x = _guard(x, tf.equal(tf.rank(x), rank), expected, [tf.shape(x)])
     shape = tf.shape(x)
-    checks = []
     if frames_axis is not None:
-        checks.append(tf.debugging.assert_positive(
-            shape[frames_axis], message=f"input '{name}': every video needs at least one frame"))
+        x = _guard(x, shape[frames_axis] > 0,
+                   f"input '{name}': every video needs at least one frame; got shape", [shape])
     if image_axes is not None:
-        checks.append(tf.debugging.assert_positive(
-            shape[image_axes[0]:image_axes[1]],
-            message=f"input '{name}': height and width must be at least 1"))
-        checks.append(tf.debugging.assert_equal(
-            shape[-1], 3, message=f"{expected}: the last axis must be 3 (RGB)"))
-    x = _checked(x, checks)
+        x = _guard(x, tf.reduce_all(shape[image_axes[0]:image_axes[1]] > 0),
+                   f"input '{name}': height and width must be at least 1; got shape", [shape])
+        x = _guard(x, tf.equal(shape[-1], 3),
+                   f"input '{name}' must have shape {layout} (3 = RGB); got shape", [shape])
     return tf.ensure_shape(x, [None] * (rank - 1) + [3 if image_axes is not None else None])
 
 
@@ -197,9 +203,9 @@ class VideoServingModule(tf.Module):
 
         def one(serialized):
             record = fmt.parse_sequence_example(serialized)
-            frames = _checked(record["frames"], [tf.debugging.assert_positive(
-                record["num_frames"], message=f"input 'examples': feature list "
-                                              f"'{fmt.IMAGE_KEY}' has no frames")])
+            frames = _guard(record["frames"], record["num_frames"] > 0,
+                            f"input 'examples': feature list '{fmt.IMAGE_KEY}' has no frames "
+                            f"in video", [record["filename"]])
             return self._views_from_jpegs(frames)
 
         return self.classify(self._map_videos(one, examples))
