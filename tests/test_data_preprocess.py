@@ -186,3 +186,26 @@ def test_crop_larger_than_short_side_is_rejected():
     with pytest.raises(ValueError, match="smaller than crop_size 224"):
         P.train_clip(tf.constant([b""]), num_frames=4, crop_size=224, scale_range=(128, 160),
                      seed=tf.constant([0, 0]))
+
+
+@pytest.mark.parametrize("size, offset", [(20, (0, 0)), (37, (5, 13)), (64, (40, 0)), (30, (2, 18))])
+def test_resize_and_crop_equals_resize_then_crop(size, offset):
+    rng = np.random.default_rng(size)
+    frames = tf.constant(rng.integers(0, 256, size=(3, 30, 44, 3)).astype(np.uint8))
+    h, w = (int(v) for v in P.short_side_size(30, 44, size))
+    full = P.resize_short_side(frames, size)[:, offset[0]:offset[0] + 16, offset[1]:offset[1] + 16]
+    fused = P.resize_and_crop(frames, (h, w), offset, 16)
+    np.testing.assert_allclose(fused.numpy(), full.numpy(), atol=0.02)  # of 255: float rounding
+
+
+def test_train_clip_equals_the_unfused_recipe():
+    _, encoded = _encoded_video(12, 40, 52)
+    seed = tf.constant([5, 6], tf.int64)
+    clip = P.train_clip(tf.constant(encoded), num_frames=4, crop_size=32, scale_range=(40, 60),
+                        flip=False, seed=seed).numpy()
+    s_time, s_scale, s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    idx = P.segment_indices(12, 4, training=True, seed=s_time)
+    frames = P.decode_frames(tf.constant(encoded), idx)
+    size = P.random_short_side((40, 60), inverse_uniform=False, seed=s_scale)
+    ref = P.normalize(P.random_crop(P.resize_short_side(frames, size), 32, seed=s_crop)).numpy()
+    np.testing.assert_allclose(clip, ref, atol=1e-3)

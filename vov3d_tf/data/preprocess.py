@@ -29,8 +29,12 @@ SAMPLING_MODES = ("segment", "dense")
 
 def normalize(frames):
     """uint8 (or float in [0, 255]) RGB frames -> float32 `(x / 255 - MEAN) / STD`."""
-    x = tf.cast(frames, tf.float32) / 255.0
-    return (x - tf.constant(MEAN, tf.float32)) / tf.constant(STD, tf.float32)
+    x = tf.cast(frames, tf.float32)
+    if len(set(MEAN)) == 1 and len(set(STD)) == 1:
+        # One scale and shift for all channels: scalar ops (a per-channel broadcast over a
+        # last axis of 3 is ~10x slower on CPU).
+        return x * (1.0 / (255.0 * STD[0])) - MEAN[0] / STD[0]
+    return (x / 255.0 - tf.constant(MEAN, tf.float32)) / tf.constant(STD, tf.float32)
 
 
 def _split_seed(seed, num):
@@ -134,6 +138,24 @@ def resize_short_side(frames, short_side):
                    lambda: tf.image.resize(frames, tf.stack([new_h, new_w]), method="bilinear"))
 
 
+def resize_and_crop(frames, resized_size, offset, crop_size):
+    """`resize_short_side` to `resized_size` (h, w) then a crop at `offset` (y, x), computed
+    only for the crop's pixels: float32 (T, crop_size, crop_size, C).
+
+    ScaleAndTranslate with the triangle kernel and no antialiasing samples input position
+    (i + 0.5 + offset) / scale - 0.5 with edge clamping, i.e. exactly half-pixel bilinear
+    resizing followed by the crop (to float rounding), at a fraction of the cost.
+    """
+    shape = tf.shape(frames)
+    scale = tf.stack([tf.cast(resized_size[0], tf.float32) / tf.cast(shape[1], tf.float32),
+                      tf.cast(resized_size[1], tf.float32) / tf.cast(shape[2], tf.float32)])
+    translation = -tf.cast(tf.stack(offset), tf.float32)
+    out = tf.raw_ops.ScaleAndTranslate(images=frames, size=tf.constant([crop_size, crop_size]),
+                                       scale=scale, translation=translation,
+                                       kernel_type="triangle", antialias=False)
+    return tf.ensure_shape(out, [None, crop_size, crop_size, None])
+
+
 def random_short_side(scale_range, *, inverse_uniform, seed):
     """Draws the training short side: round(U[lo, hi]) or round(1 / U[1/hi, 1/lo])."""
     lo, hi = float(scale_range[0]), float(scale_range[1])
@@ -151,13 +173,19 @@ def crop(frames, y, x, crop_size):
     return tf.ensure_shape(out, [None, crop_size, crop_size, None])
 
 
+def random_crop_offset(height, width, crop_size, *, seed):
+    """Uniform (y, x) of a crop_size square inside height x width."""
+    u = tf.random.stateless_uniform([2], seed=seed)
+    y = tf.cast(tf.floor(u[0] * tf.cast(height - crop_size + 1, tf.float32)), tf.int32)
+    x = tf.cast(tf.floor(u[1] * tf.cast(width - crop_size + 1, tf.float32)), tf.int32)
+    return tf.maximum(y, 0), tf.maximum(x, 0)
+
+
 def random_crop(frames, crop_size, *, seed):
     """The same random square crop on every frame."""
     shape = tf.shape(frames)
-    u = tf.random.stateless_uniform([2], seed=seed)
-    y = tf.cast(tf.floor(u[0] * tf.cast(shape[1] - crop_size + 1, tf.float32)), tf.int32)
-    x = tf.cast(tf.floor(u[1] * tf.cast(shape[2] - crop_size + 1, tf.float32)), tf.int32)
-    return crop(frames, tf.maximum(y, 0), tf.maximum(x, 0), crop_size)
+    y, x = random_crop_offset(shape[1], shape[2], crop_size, seed=seed)
+    return crop(frames, y, x, crop_size)
 
 
 def random_flip(frames, *, seed):
@@ -209,7 +237,11 @@ def train_clip(encoded, *, num_frames, crop_size=CROP_SIZE, sampling="segment", 
                          sampling_rate=sampling_rate, training=True, seed=s_time)
     frames = decode_frames(encoded, idx)
     size = random_short_side(scale_range, inverse_uniform=inverse_uniform, seed=s_scale)
-    frames = random_crop(resize_short_side(frames, size), crop_size, seed=s_crop)
+    shape = tf.shape(frames)
+    new_h, new_w = short_side_size(shape[1], shape[2], size)
+    # = random_crop(resize_short_side(frames, size)), but only the crop is ever computed.
+    offset = random_crop_offset(new_h, new_w, crop_size, seed=s_crop)
+    frames = resize_and_crop(frames, (new_h, new_w), offset, crop_size)
     if flip:
         frames = random_flip(frames, seed=s_flip)
     frames = tf.ensure_shape(normalize(frames), [num_frames, crop_size, crop_size, 3])
