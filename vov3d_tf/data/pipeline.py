@@ -150,7 +150,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                  sampling="segment", sampling_rate=None, crop_size=preprocess.CROP_SIZE,
                  scale_range=preprocess.TRAIN_SCALE_RANGE, inverse_uniform=None, random_flip=None,
                  test_short_side=preprocess.TEST_SHORT_SIDE, test_crop_size=None, num_clips=None,
-                 num_crops=3, shuffle=None, shuffle_buffer=256, seed=None, repeat=False,
+                 num_crops=3, shuffle=None, shuffle_buffer=64, seed=None, repeat=False,
                  num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
                  drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
                  prefetch=AUTOTUNE):
@@ -171,7 +171,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       random_flip: horizontal flip p = 0.5 in training (Kinetics only by default).
       test_short_side, test_crop_size: test resize and crop (256, 256 = the short side).
       num_clips, num_crops: test views per video (2 x 3 for segment, 10 x 3 for dense).
-      shuffle: shuffle files and records (default: = training); shuffle_buffer: records.
+      shuffle: shuffle files and records (default: = training); shuffle_buffer: records
+        held for shuffling (each is a whole video's JPEGs: mind the memory).
       seed: makes shuffling and augmentation reproducible (and the order deterministic).
       repeat: repeat forever (for step-based training).
       num_shards, shard_index: file-level sharding (this pipeline reads files[shard_index::
