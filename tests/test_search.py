@@ -199,7 +199,36 @@ def test_interrupted_trial_is_retrained_on_resume(tmp_path):
     assert second.calls[0][4].endswith(os.path.join("trial_2", "run"))
 
 
-@pytest.mark.parametrize("tuner_name", ["bayesian", "hyperband"])
+def test_model_based_proposal_over_budget_is_replaced_before_a_trial_exists(tmp_path):
+    """The Bayesian GP proposes a point without the random filter: the mixin catches it."""
+    import keras_tuner as kt
+
+    class AlwaysBig(kt.Oracle):
+        def populate_space(self, trial_id):
+            return {"status": "RUNNING",
+                    "values": {"base_width": 32, "num_conv": 3, "blocks": "1-2-2-1"}}
+
+    class Oracle(search._BudgetMixin, AlwaysBig):
+        pass
+
+    cfg = make_cfg(tmp_path)
+    hp = search.search_space.declare_space(kt.HyperParameters(), cfg)
+    oracle = Oracle(objective=kt.Objective("val_top1", "max"), max_trials=3,
+                    hyperparameters=hp, seed=1)
+    oracle._init_budget(fake_cost, 40.0, None)
+    response = oracle.populate_space("0")
+    values = response["values"]
+    assert response["status"] == "RUNNING"
+    assert fake_cost(values)["gflops"] <= 40
+    key = oracle.candidate_key({"base_width": 32, "num_conv": 3, "blocks": "1-2-2-1"})
+    assert oracle.rejected[key]["reason"] == "gflops 192 > max_gflops 40"
+    state = oracle.get_state()  # costs and rejections survive a resume
+    assert state["budget"]["rejected"][key]["proposals"] == 1
+    assert state["budget"]["costs"][key] == {"gflops": 192.0, "params": 32000}
+
+
+@pytest.mark.parametrize("tuner_name", [pytest.param("bayesian", marks=pytest.mark.slow),
+                                        "hyperband"])
 def test_bayesian_and_hyperband_respect_the_budget(tmp_path, tuner_name):
     # 14 of the 24 candidates are affordable (width x units x (2 if deep) <= 48)
     cfg = make_cfg(tmp_path, {"tuner": tuner_name, "max_trials": 10, "epochs_per_trial": 3,

@@ -36,6 +36,7 @@ import os
 import random
 import shutil
 import sys
+import traceback
 
 import keras_tuner as kt
 from keras_tuner.src.distribute import utils as dist_utils
@@ -53,6 +54,7 @@ PROJECT_NAME = "search"
 RESULTS_CSV = "results.csv"
 PARETO_PNG = "pareto.png"
 BEST_CONFIG = "best.json"
+ERROR_FILE = "error.txt"  # a failed trial's traceback, beside its trial.json
 SEARCH_CONFIG = "search_config.json"  # the config the search was started with (resume check)
 MAX_REJECTIONS_PER_PROPOSAL = 1000
 
@@ -227,6 +229,13 @@ def make_oracle(cfg, cost_fn=None):
 # Tuner: a trial = train.py's training run of one candidate config
 # ----------------------------------------------------------------------------------------------
 
+def _write_error(run_dir, text):
+    trial_dir = os.path.dirname(run_dir)
+    os.makedirs(trial_dir, exist_ok=True)
+    with open(os.path.join(trial_dir, ERROR_FILE), "w") as f:
+        f.write(text)
+
+
 class SearchTuner(kt.engine.base_tuner.BaseTuner):
     """Runs each trial with `train_fn(trial_config) -> {"top1", "top5", ...}`.
 
@@ -258,21 +267,28 @@ class SearchTuner(kt.engine.base_tuner.BaseTuner):
                 shutil.copytree(src, dst)
         _log(f"trial {trial.trial_id}: {search_space.arch_values(values)}, {epochs} epoch(s) "
              f"-> {out}")
-        if self.train_fn is None:
-            from vov3d_tf import training
-            result = training.run(tcfg, source=f"search trial {trial.trial_id}",
-                                  verbose=self.verbose)
-        else:
-            result = self.train_fn(tcfg)
+        try:
+            if self.train_fn is None:
+                from vov3d_tf import training
+                result = training.run(tcfg, source=f"search trial {trial.trial_id}",
+                                      verbose=self.verbose)
+            else:
+                result = self.train_fn(tcfg)
+        except Exception:
+            # keras-tuner keeps the traceback in trial.message, but its gRPC messages drop it:
+            # a worker writes it next to the trial for the chief's report.
+            _write_error(out, traceback.format_exc())
+            raise
         metrics = {}
         for name, (key, _) in OBJECTIVES.items():
             if key in result:
                 metrics[name] = float(result[key])
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad or self.oracle.objective.name not in metrics:
-            raise kt.errors.FailedTrialError(
-                f"trial {trial.trial_id}: training returned no finite "
-                f"{self.oracle.objective.name} ({result!r})")
+            msg = (f"trial {trial.trial_id}: training returned no finite "
+                   f"{self.oracle.objective.name} ({result!r})")
+            _write_error(out, f"FailedTrialError: {msg}\n")
+            raise kt.errors.FailedTrialError(msg)
         return metrics
 
     def on_trial_end(self, trial):
@@ -296,7 +312,15 @@ def _short_error(message):
     return lines[-1] if lines else ""
 
 
-def results_rows(oracle):
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def results_rows(oracle, project_dir):
     """One dict per trial (in trial order), then one per rejected candidate."""
     rows = []
     for trial_id in sorted(oracle.trials, key=int):
@@ -312,7 +336,9 @@ def results_rows(oracle):
             if trial.metrics.exists(name):
                 row[name] = trial.metrics.get_last_value(name)
         if trial.status in ("FAILED", "INVALID"):
-            row["error"] = _short_error(trial.message) or "failed (no message)"
+            row["error"] = _short_error(trial.message) or _short_error(
+                _read_text(os.path.join(project_dir, f"trial_{trial_id}", ERROR_FILE))) or \
+                "failed (no message)"
         rows.append(row)
     for entry in oracle.rejected.values():
         cost = oracle.costs.get(oracle.candidate_key(entry["values"]), {})
@@ -404,7 +430,7 @@ def write_best_config(cfg, values, path):
 
 def write_report(oracle, cfg, project_dir):
     """results.csv, pareto.png and (when a trial completed) best.json; returns a summary."""
-    rows = results_rows(oracle)
+    rows = results_rows(oracle, project_dir)
     csv_path = write_results_csv(rows, os.path.join(project_dir, RESULTS_CSV),
                                  cfg.search.epochs_per_trial)
     png_path = plot_pareto(rows, os.path.join(project_dir, PARETO_PNG), cfg.search.objective,
