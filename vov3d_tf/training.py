@@ -465,7 +465,8 @@ def _prepare_output_dir(cfg, source, force, chief):
 def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
     """Train `cfg` (resuming from its output_dir), then precise BN and the multi-view test.
 
-    Returns a dict: `top1`, `top5`, `num_videos`, `num_views`, `steps`, `epochs`,
+    Returns a dict: `top1`, `top5`, `num_videos`, `num_views`, `steps` (total optimizer
+    steps), `steps_this_run` (trained by this call; less after a resume), `epochs`,
     `best_weights`, `last_weights`, `output_dir`, `train_seconds`, `already_finished`.
     A run whose `final_metrics.json` exists is not retrained (its metrics are returned with
     `already_finished=True`) unless `force`. `datasets=(train, eval)` replaces the shard
@@ -557,6 +558,7 @@ def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     t_train = time.time()
+    first_step = step
     epoch0, in_epoch = divmod(step, steps_per_epoch)
     if step < total_steps and in_epoch:  # finish the interrupted epoch first
         model.fit(train_ds, initial_epoch=epoch0, epochs=epoch0 + 1,
@@ -587,7 +589,8 @@ def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
                                  output_dir=out if chief else None, verbose=verbose == 1)
     metrics = {"top1": result["top1"], "top5": result["top5"],
                "num_videos": result["num_videos"], "num_views": result["num_views"],
-               "steps": step, "epochs": tc.epochs, "train_seconds": round(train_seconds, 1),
+               "steps": step, "steps_this_run": step - first_step, "epochs": tc.epochs,
+               "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.time() - t_start, 1),
                "best_weights": best_path, "last_weights": last_path, "output_dir": out,
                "per_class_csv": result.get("per_class_csv"),
