@@ -291,6 +291,36 @@ class GlobalAveragePool(keras.layers.Layer):
         return {**super().get_config(), "keepdims": self.keepdims}
 
 
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class BatchNorm(keras.layers.BatchNormalization):
+    """Keras BatchNormalization whose training step runs TF's fused kernel.
+
+    Keras 3 normalises with separate moments / subtract / scale ops and keeps several
+    activation-sized temporaries for the backward pass; `FusedBatchNormV3` keeps one. Same
+    weights, same moving-average update (PyTorch momentum 0.1 == Keras 0.9); inference, masks,
+    `synchronized=True` and renorm use the parent implementation.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if (not (training and self.trainable) or mask is not None or self.synchronized
+                or self.renorm or self.axis not in (-1, len(inputs.shape) - 1)):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        x = tf.reshape(inputs, (-1, 1, 1, channels))
+        ones = tf.ones((channels,), tf.float32)
+        y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=tf.cast(self.gamma, tf.float32) if self.scale else ones,
+            offset=tf.cast(self.beta, tf.float32) if self.center else tf.zeros_like(ones),
+            mean=tf.constant([], tf.float32), variance=tf.constant([], tf.float32),
+            epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+            is_training=True)
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1 - m))
+        self.moving_variance.assign(self.moving_variance * m
+                                    + tf.cast(var, self.moving_variance.dtype) * (1 - m))
+        return tf.cast(tf.reshape(y, tf.shape(inputs)), self.compute_dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Block functions. `fold_bn=True` builds the inference form: no BatchNormalization layers, the
 # conv before each BN gets a bias instead. The BN after conv `X` is always named `X + "_bn"`,
@@ -302,7 +332,7 @@ def apply_conv_bn(x, conv_cls, name, *, fold_bn, activation=None, zero_gamma=Fal
     if fold_bn:
         return conv_cls(name=name, use_bias=True, activation=activation, **conv_kw)(x)
     x = conv_cls(name=name, **conv_kw)(x)
-    x = keras.layers.BatchNormalization(
+    x = BatchNorm(
         epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_bn",
         gamma_initializer="zeros" if zero_gamma else "ones")(x)
     return keras.layers.Activation(activation, name=name + "_act")(x) if activation else x

@@ -1,0 +1,144 @@
+"""Throughput and peak memory of the models on this machine, optionally beside the PyTorch peer.
+
+    python -m vov3d_tf.bench                                  # every model, 224 and 160, b1/b8/train b8
+    python -m vov3d_tf.bench --models vov3d_m --sizes 224 --peer ../shared/bench/torch_peer.py
+
+Prints one JSON line per case: clips/s from the median (and the fastest) of `--runs` timed calls
+after `--warmup` untimed ones, and the peak RSS of the process that ran it. Every case runs in a
+fresh process. Inference uses the documented fast path: `fold_batchnorm(model)` called inside a
+`tf.function`. A training step is forward + backward + SGD (Nesterov, weight decay) update of
+the trainable model. With `--peer`, each case also runs the PyTorch twin right after ours, and a
+`"ratio"` line gives ours / peer for clips/s and peak RSS. Benchmark on a quiet machine.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+CASE_FLAG = "--run-case"
+
+
+def run_case(case):
+    """Time one case in this process; returns a dict (no RSS: the parent measures it)."""
+    import numpy as np
+    import tensorflow as tf
+
+    import vov3d_tf
+
+    threads = case.get("threads")
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    b, t, s = case["batch"], case["frames"], case["size"]
+    model = vov3d_tf.create_model(case["model"], case["num_classes"])
+    x = tf.random.stateless_normal((b, t, s, s, 3), seed=(0, 0))
+    if case["mode"] == "train":
+        import keras
+        y = tf.constant(np.arange(b) % case["num_classes"], tf.int32)
+        opt = keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True, weight_decay=5e-5)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+    else:
+        folded = vov3d_tf.fold_batchnorm(model)
+
+        @tf.function
+        def step():
+            return folded(x, training=False)
+    for _ in range(case["warmup"]):
+        step().numpy()
+    times = []
+    for _ in range(case["runs"]):
+        start = time.perf_counter()
+        step().numpy()
+        times.append(time.perf_counter() - start)
+    med, best = float(np.median(times)), float(np.min(times))
+    return {"median_s": round(med, 4), "min_s": round(best, 4),
+            "clips_per_s": round(b / med, 3), "best_clips_per_s": round(b / best, 3)}
+
+
+def _spawn(cmd):
+    """Run `cmd`, return (last JSON line it printed, its peak RSS in MiB)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (err.strip().splitlines() or ["no output"])[-1],
+                "returncode": proc.returncode}, None
+    return json.loads(lines[-1]), round(usage.ru_maxrss / 1024, 1)  # ru_maxrss is in KiB
+
+
+def cases(args):
+    for model in args.models:
+        for size in args.sizes:
+            for batch in args.batches:
+                yield {"model": model, "mode": "infer", "batch": batch, "size": size}
+            if args.train_batch:
+                yield {"model": model, "mode": "train", "batch": args.train_batch, "size": size}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m vov3d_tf.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=lambda s: s.split(","),
+                   default=["vov3d_m", "vov3d_l", "x3d_m", "x3d_l"])
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[224, 160])
+    p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 8])
+    p.add_argument("--train-batch", type=int, default=8, help="0 skips the training step")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--num-classes", type=int, default=174)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="TF threads (0: TF default)")
+    p.add_argument("--peer", help="path of torch_peer.py to run beside each case")
+    p.add_argument(CASE_FLAG, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.run_case:
+        print(json.dumps(run_case(json.loads(args.run_case))))
+        return 0
+    from vov3d_tf.models import MODEL_NAMES
+    bad = [m for m in args.models if m not in MODEL_NAMES]
+    if bad:
+        p.error(f"unknown model(s) {bad}; allowed: {', '.join(MODEL_NAMES)}")
+    if args.runs < 5:
+        p.error("--runs must be >= 5 (the reported figure is a median)")
+    failed = 0
+    for case in cases(args):
+        case.update(frames=args.frames, num_classes=args.num_classes, runs=args.runs,
+                    warmup=args.warmup, threads=args.threads)
+        result, rss = _spawn([sys.executable, "-m", "vov3d_tf.bench", CASE_FLAG,
+                              json.dumps(case)])
+        ours = {"impl": "vov3d_tf", **{k: case[k] for k in ("model", "mode", "batch", "frames",
+                                                             "size")},
+                **result, "peak_rss_mb": rss}
+        print(json.dumps(ours), flush=True)
+        failed += "error" in result
+        if args.peer:
+            cmd = [sys.executable, args.peer, "--model", case["model"], "--batch",
+                   str(case["batch"]), "--frames", str(args.frames), "--size",
+                   str(case["size"]), "--num-classes", str(args.num_classes),
+                   "--runs", str(args.runs), "--threads", str(args.threads or os.cpu_count())]
+            peer, peer_rss = _spawn(cmd + (["--train"] if case["mode"] == "train" else []))
+            print(json.dumps({"impl": "pytorch_peer", **{k: ours[k] for k in (
+                "model", "mode", "batch", "frames", "size")}, **peer,
+                "peak_rss_mb": peer_rss}), flush=True)
+            if "error" not in result and "error" not in peer:
+                print(json.dumps({"ratio": "vov3d_tf / pytorch_peer", **{k: ours[k] for k in (
+                    "model", "mode", "batch", "size")},
+                    "clips_per_s": round(ours["clips_per_s"] / peer["clips_per_s"], 2),
+                    "peak_rss": round(rss / peer_rss, 2)}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
