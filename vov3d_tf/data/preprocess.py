@@ -109,10 +109,19 @@ def decode_jpegs(encoded):
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
-def decode_frames(encoded, indices):
-    """Decodes only the frames at `indices` (each distinct frame once): uint8 (len(indices), H, W, 3)."""
+def decode_frames(encoded, indices, crop_window=None):
+    """Decodes only the frames at `indices` (each distinct frame once): uint8 (len(indices), H, W, 3).
+
+    With `crop_window` [y, x, h, w] only that region of each frame is decoded (libjpeg skips the
+    rest), giving (len(indices), h, w, 3).
+    """
     unique, position = tf.unique(tf.reshape(indices, [-1]))
-    frames = decode_jpegs(tf.gather(encoded, unique))
+    selected = tf.gather(encoded, unique)
+    if crop_window is None:
+        frames = decode_jpegs(selected)
+    else:
+        frames = tf.map_fn(lambda s: tf.io.decode_and_crop_jpeg(s, crop_window, channels=3),
+                           selected, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
     return tf.gather(frames, position)
 
 
@@ -138,22 +147,38 @@ def resize_short_side(frames, short_side):
                    lambda: tf.image.resize(frames, tf.stack([new_h, new_w]), method="bilinear"))
 
 
-def resize_and_crop(frames, resized_size, offset, crop_size):
-    """`resize_short_side` to `resized_size` (h, w) then a crop at `offset` (y, x), computed
-    only for the crop's pixels: float32 (T, crop_size, crop_size, C).
+# Extra decoded pixels around a crop window: libjpeg's chroma upsampling can differ from a full
+# decode in the outermost row/column of a cropped decode.
+_WINDOW_MARGIN = 2
 
-    ScaleAndTranslate with the triangle kernel and no antialiasing samples input position
-    (i + 0.5 + offset) / scale - 0.5 with edge clamping, i.e. exactly half-pixel bilinear
-    resizing followed by the crop (to float rounding), at a fraction of the cost.
+
+def decode_window(encoded, indices, window):
+    """decode_frames(...)[:, y:y+h, x:x+w] for window (y, x, h, w), decoding only about that
+    region of each JPEG (all frames must share one size, as in a shard)."""
+    shape = tf.io.extract_jpeg_shape(encoded[0])[:2]
+    start = tf.stack(window[:2])
+    size = tf.stack(window[2:])
+    lo = tf.maximum(start - _WINDOW_MARGIN, 0)
+    hi = tf.minimum(start + size + _WINDOW_MARGIN, shape)
+    frames = decode_frames(encoded, indices, crop_window=tf.concat([lo, hi - lo], axis=0))
+    skip = start - lo
+    return frames[:, skip[0]:skip[0] + size[0], skip[1]:skip[1] + size[1], :]
+
+
+def random_resized_crop_window(height, width, crop_size, short_side, *, seed):
+    """The input-pixel square (y, x, side, side) that random short-side scaling to
+    `short_side` followed by a random `crop_size` crop would show.
+
+    Resizing only this window to crop_size x crop_size equals resize-then-crop up to rounding
+    the window to whole input pixels (a sub-pixel shift, < 0.5% scale change): the same
+    augmentation distribution at a fraction of the cost.
     """
-    shape = tf.shape(frames)
-    scale = tf.stack([tf.cast(resized_size[0], tf.float32) / tf.cast(shape[1], tf.float32),
-                      tf.cast(resized_size[1], tf.float32) / tf.cast(shape[2], tf.float32)])
-    translation = -tf.cast(tf.stack(offset), tf.float32)
-    out = tf.raw_ops.ScaleAndTranslate(images=frames, size=tf.constant([crop_size, crop_size]),
-                                       scale=scale, translation=translation,
-                                       kernel_type="triangle", antialias=False)
-    return tf.ensure_shape(out, [None, crop_size, crop_size, None])
+    short = tf.minimum(height, width)
+    side = tf.cast(crop_size, tf.float32) * tf.cast(short, tf.float32) / tf.cast(short_side,
+                                                                                 tf.float32)
+    side = tf.clip_by_value(tf.cast(tf.round(side), tf.int32), 1, short)
+    y, x = random_crop_offset(height, width, side, seed=seed)
+    return y, x, side, side
 
 
 def random_short_side(scale_range, *, inverse_uniform, seed):
@@ -235,17 +260,16 @@ def train_clip(encoded, *, num_frames, crop_size=CROP_SIZE, sampling="segment", 
     s_time, s_scale, s_crop, s_flip = _split_seed(seed, 4)
     idx = sample_indices(tf.shape(encoded)[0], num_frames, sampling=sampling,
                          sampling_rate=sampling_rate, training=True, seed=s_time)
-    frames = decode_frames(encoded, idx)
     size = random_short_side(scale_range, inverse_uniform=inverse_uniform, seed=s_scale)
-    shape = tf.shape(frames)
-    new_h, new_w = short_side_size(shape[1], shape[2], size)
-    # = random_crop(resize_short_side(frames, size)), but only the crop is ever computed.
-    offset = random_crop_offset(new_h, new_w, crop_size, seed=s_crop)
-    frames = resize_and_crop(frames, (new_h, new_w), offset, crop_size)
+    shape = tf.io.extract_jpeg_shape(encoded[0])
+    # Decode only the window the crop shows, normalize it (linear, so it commutes with bilinear
+    # resizing; the window is usually smaller than the crop), resize it to the crop.
+    window = random_resized_crop_window(shape[0], shape[1], crop_size, size, seed=s_crop)
+    frames = normalize(decode_window(encoded, idx, window))
+    frames = tf.image.resize(frames, [crop_size, crop_size], method="bilinear")
     if flip:
         frames = random_flip(frames, seed=s_flip)
-    frames = tf.ensure_shape(normalize(frames), [num_frames, crop_size, crop_size, 3])
-    return frames
+    return tf.ensure_shape(frames, [num_frames, crop_size, crop_size, 3])
 
 
 def eval_views_from_frames(frames, *, num_frames, crop_size=TEST_SHORT_SIDE, sampling="segment",
