@@ -276,3 +276,27 @@ def test_csv_errors(tmp_path):
     with pytest.raises(SystemExit, match="exactly one input"):
         build_shards.main(["--output-dir", str(tmp_path), "--split", "t", "--csv", "x",
                            "--ssv2-dir", "y"])
+
+
+def test_gzip_shards_read_and_validate(videos, tmp_path):
+    (tmp_path / "one.csv").write_text(f"path,label\n{videos / 'carphone_pristine.mp4'},talking\n"
+                                      f"{videos / 'carphone_distorted.mp4'},talking\n")
+    assert build_shards.main(["--output-dir", str(tmp_path / "gz"), "--split", "eval", "--csv",
+                              str(tmp_path / "one.csv"), "--num-shards", "2", "--fps", "2",
+                              "--gzip", "--workers", "1", "--no-progress"]) == 0
+    manifest = json.loads((tmp_path / "gz" / "manifest.json").read_text())
+    assert manifest["splits"]["eval"]["compression"] == "GZIP"
+    assert sorted(os.listdir(tmp_path / "gz")) == [".build", "eval-00000-of-00002.tfrecord.gz",
+                                                   "eval-00001-of-00002.tfrecord.gz",
+                                                   "labels.txt", "manifest.json"]
+    ds = data.make_dataset(str(tmp_path / "gz"), split="eval", training=False, num_frames=2,
+                           test_short_side=144, num_clips=1, num_crops=1, batch_size=2)
+    x, y = next(iter(ds))
+    assert x.shape == (2, 1, 2, 144, 144, 3) and y.numpy().tolist() == [0, 0]
+    assert validate.main([str(tmp_path / "gz")]) == 0
+
+
+def test_empty_annotation_list_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no videos to build for split 'train'"):
+        build_shards.build([], ["a"], output_dir=str(tmp_path), split="train", num_shards=4,
+                           params={}, progress=False)

@@ -68,6 +68,8 @@ def build(items, labels, *, output_dir, split, num_shards, params, workers=None,
     """Writes the shards of `items` and the split's manifest entry; returns the manifest."""
     if num_shards < 1:
         raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    if not items:
+        raise ValueError(f"no videos to build for split {split!r} (empty annotation list)")
     num_shards = min(num_shards, len(items))
     state_dir = os.path.join(output_dir, ".build", split)
     os.makedirs(state_dir, exist_ok=True)
