@@ -139,12 +139,19 @@ def _checked_input(x, name, layout, rank, frames_axis=None, image_axes=None):
     return tf.ensure_shape(x, [None] * (rank - 1) + [3 if image_axes is not None else None])
 
 
+class _Untracked:
+    """Holds an object out of tf.Module's dependency tracking."""
+
+    def __init__(self, value):
+        self.value = value
+
+
 class VideoServingModule(tf.Module):
     """The model plus its preprocessing and label table, with one `tf.function` per signature."""
 
     def __init__(self, model, labels_path, spec, name="vov3d_serving"):
         super().__init__(name=name)
-        self.model = model
+        self._keras = _Untracked(model)
         self.spec = spec
         self.num_classes = int(model.output_shape[-1])
         self.labels_asset = tf.saved_model.Asset(labels_path)
@@ -154,6 +161,18 @@ class VideoServingModule(tf.Module):
                 tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, vocab_size=self.num_classes),
             default_value="")
         self._view_shape = [spec.num_views, spec.num_frames, spec.crop_size, spec.crop_size, 3]
+        # Save the tf.Variables the signatures capture, not the Keras object graph: the TF1
+        # session loader (saved_model_cli run, TF Serving) restores variables through the saver,
+        # which would not see the handles captured through Keras 3 variables otherwise.
+        captured = {}
+        for fn in self.signatures().values():
+            for v in fn.get_concrete_function().variables:
+                captured.setdefault(id(v), v)
+        self.model_variables = list(captured.values())
+
+    @property
+    def model(self):
+        return self._keras.value
 
     # -- shared tail ---------------------------------------------------------------------------
 
