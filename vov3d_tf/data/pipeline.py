@@ -153,7 +153,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                  num_crops=3, shuffle=None, shuffle_buffer=64, seed=None, repeat=False,
                  num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
                  drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
-                 prefetch=AUTOTUNE):
+                 prefetch=None):
     """A tf.data pipeline over video shards.
 
     Args:
@@ -180,6 +180,10 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       on_corrupt: "skip" (warn naming the file and record, count in corrupt_record_counts())
         or "fail" (raise naming them).
       drop_remainder: default = training.
+      deterministic: element order reproducible (default: with a seed, or at eval).
+      num_parallel_calls: records processed at once (AUTOTUNE: up to one per core); each holds
+        its output in memory (eval: V x T x c x c x 3 floats, 377 MB for 30 views at 256).
+      prefetch: batches prepared ahead (default AUTOTUNE in training, 1 at eval).
     """
     if sampling not in DEFAULTS:
         raise ValueError(f"sampling must be one of {tuple(DEFAULTS)}, got {sampling!r}")
@@ -285,7 +289,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
     options.deterministic = deterministic
     options.experimental_optimization.map_parallelization = True
     ds = ds.with_options(options)
-    return ds.prefetch(prefetch)
+    return ds.prefetch((AUTOTUNE if training else 1) if prefetch is None else prefetch)
 
 
 def _parallelism(num_parallel_calls):
