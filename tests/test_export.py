@@ -173,7 +173,8 @@ FRESH_PROCESS = textwrap.dedent("""
                            ('serve_examples', 'examples')]:
         out = loaded.signatures[signature](**{key: tf.constant(data[signature])})
         results[signature] = out['probabilities'].numpy()
-        results[signature + '_labels'] = out['top_k_labels'].numpy().astype(str)
+        results[signature + '_labels'] = np.array(
+            [[b.decode('utf-8') for b in row] for row in out['top_k_labels'].numpy()])
     np.savez(output, **results)
     print('loaded modules:', sorted(m for m in sys.modules if m.startswith(('keras', 'vov3d'))))
 """)
