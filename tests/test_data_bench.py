@@ -6,7 +6,7 @@ import pytest
 import vov3d_tf.data as data
 from vov3d_tf.data import bench
 
-TINY = ["--batches", "2", "--warmup", "1", "--num-frames", "4", "--crop-size", "24",
+TINY = ["--batches", "2", "--warmup", "1", "--rounds", "1", "--num-frames", "4", "--crop-size", "24",
         "--batch-size", "2", "--num-clips", "1", "--num-crops", "1"]
 
 

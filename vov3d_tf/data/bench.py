@@ -7,6 +7,7 @@ Without --data it builds a small bench set from the real H.264 clips bundled wit
 (short side 256, every frame), repeated to --videos records.
 """
 import argparse
+import gc
 import glob
 import importlib.util
 import json
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from vov3d_tf.data import format as fmt
@@ -82,7 +84,21 @@ def rate(ds, *, batches, warmup, per_batch):
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
-    return batches * per_batch / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    del it  # stops its background prefetching
+    return batches * per_batch / elapsed
+
+
+def interleaved_rates(datasets, *, batches, warmup, per_batch, rounds):
+    """Median items/s of each dataset, timed in alternating rounds so that a change in machine
+    load hits all of them alike. Each round opens a fresh iterator and drops it afterwards, so
+    no pipeline prefetches in the background while another is timed."""
+    rates = {name: [] for name in datasets}
+    for _ in range(rounds):
+        for name, ds in datasets.items():
+            rates[name].append(rate(ds, batches=batches, warmup=warmup, per_batch=per_batch))
+            gc.collect()
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def main(argv=None):
@@ -96,8 +112,10 @@ def main(argv=None):
     parser.add_argument("--sampling", default="segment", choices=("segment", "dense"))
     parser.add_argument("--sampling-rate", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches per round")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating raw/train timing rounds (median reported)")
     parser.add_argument("--num-clips", type=int, default=None)
     parser.add_argument("--num-crops", type=int, default=3)
     parser.add_argument("--skip-eval", action="store_true")
@@ -112,15 +130,15 @@ def main(argv=None):
         files, _ = pipeline.resolve_files(directory, split)
         common = dict(num_frames=args.num_frames, batch_size=args.batch_size,
                       sampling=args.sampling, sampling_rate=sampling_rate)
-        raw = rate(raw_decode_dataset(files, **common), batches=args.batches,
-                   warmup=args.warmup, per_batch=args.batch_size)
-        print(json.dumps({"pipeline": "raw_decode", "clips_per_s": round(raw, 2),
-                          "frames_per_clip": args.num_frames, "cores": n_cores}), flush=True)
         train_ds = pipeline.make_dataset(directory, split=split, training=True, repeat=True,
                                          crop_size=args.crop_size, seed=0, deterministic=False,
                                          **common)
-        train = rate(train_ds, batches=args.batches, warmup=args.warmup,
-                     per_batch=args.batch_size)
+        rates = interleaved_rates({"raw": raw_decode_dataset(files, **common), "train": train_ds},
+                                  batches=args.batches, warmup=args.warmup,
+                                  per_batch=args.batch_size, rounds=args.rounds)
+        raw, train = rates["raw"], rates["train"]
+        print(json.dumps({"pipeline": "raw_decode", "clips_per_s": round(raw, 2),
+                          "frames_per_clip": args.num_frames, "cores": n_cores}), flush=True)
         print(json.dumps({"pipeline": "train", "clips_per_s": round(train, 2),
                           "clips_per_s_per_core": round(train / n_cores, 2),
                           "crop_size": args.crop_size, "cores": n_cores}), flush=True)
