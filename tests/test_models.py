@@ -203,3 +203,31 @@ def test_bad_names_and_overrides():
         vov3d_tf.create_model("vov3d_m", 0)
     with pytest.raises(ValueError, match="input_shape must be"):
         count_flops("vov3d_m", (16, 224, 224))
+
+
+def test_runs_with_onednn_enabled(tmp_path):
+    """Some TF builds enable oneDNN, which aborts on depthwise conv + bias with EXPLICIT padding."""
+    import subprocess
+    import sys
+    script = (
+        "import numpy as np, vov3d_tf\n"
+        "import sys; sys.path.insert(0, sys.argv[2])\n"
+        "from test_models import tiny, randomize_bn\n"
+        "import keras; keras.utils.set_random_seed(0)\n"
+        "outs = []\n"
+        "for name in ('vov3d_m', 'x3d_m'):\n"
+        "    m = tiny(name); randomize_bn(m, 4)\n"
+        "    x = np.random.default_rng(5).normal(size=(1, 4, 34, 34, 3)).astype('float32')\n"
+        "    outs.append(vov3d_tf.fold_batchnorm(m)(x).numpy())\n"
+        "np.save(__import__('sys').argv[1], np.concatenate(outs))\n")
+    results = []
+    for flag in ("0", "1"):
+        out = tmp_path / f"onednn{flag}.npy"
+        env = {**__import__("os").environ, "TF_ENABLE_ONEDNN_OPTS": flag, "PYTHONPATH": str(
+            __import__("pathlib").Path(__file__).resolve().parents[1])}
+        proc = subprocess.run([sys.executable, "-c", script, str(out),
+                               str(__import__("pathlib").Path(__file__).parent)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results.append(np.load(out))
+    assert np.abs(results[0] - results[1]).max() <= 1e-4 * max(1.0, np.abs(results[0]).max())

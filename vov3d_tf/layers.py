@@ -137,6 +137,21 @@ class OneShotAggregation(_ConvBase):
         return {**super().get_config(), "filters": self.filters}
 
 
+def _symmetric_padding(x, pad, stride, axis):
+    """PyTorch-style padding for a k = 2 * pad + 1 conv along `axis` of a 4-D tensor.
+
+    Stride 1: "SAME" pads (pad, pad) too. Stride > 1: TF's "SAME" may pad (pad - 1, pad + 1), so
+    pad explicitly and use "VALID". (Not the op's EXPLICIT padding: oneDNN builds of TF abort
+    on a depthwise conv + bias with explicit padding.)
+    """
+    if stride == 1 or pad == 0:
+        return x, "SAME" if pad else "VALID"
+    pads = [[0, 0]] * 4
+    for a in axis:
+        pads[a] = [pad, pad]
+    return tf.pad(x, pads), "VALID"
+
+
 def _spatial_out(size, kernel, stride):
     pad = kernel // 2
     return None if size is None else (size + 2 * pad - kernel) // stride + 1
@@ -173,14 +188,13 @@ class SpatialConv(_ConvBase):
     def call(self, x):
         shape = tf.shape(x)
         frames = tf.reshape(x, tf.concat([[-1], shape[2:]], 0))
-        p = self.kernel_size // 2
-        pads = [[0, 0], [p, p], [p, p], [0, 0]]
+        frames, padding = _symmetric_padding(frames, self.kernel_size // 2, self.strides, (1, 2))
         strides = [1, self.strides, self.strides, 1]
         kernel = tf.cast(self.kernel, x.dtype)
         if self.depthwise:
-            y = tf.nn.depthwise_conv2d(frames, kernel, strides, pads)
+            y = tf.nn.depthwise_conv2d(frames, kernel, strides, padding)
         else:
-            y = tf.nn.conv2d(frames, kernel, strides, pads)
+            y = tf.nn.conv2d(frames, kernel, strides, padding)
         y = self._finish(y)
         ys = tf.shape(y)
         return tf.reshape(y, tf.concat([shape[:2], ys[1:]], 0))
@@ -217,9 +231,8 @@ class TemporalDepthwiseConv(_ConvBase):
     def call(self, x):
         shape = tf.shape(x)
         seq = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2] * shape[3], shape[4]]))
-        p = self.kernel_size // 2
-        y = tf.nn.depthwise_conv2d(seq, tf.cast(self.kernel, x.dtype), [1, 1, 1, 1],
-                                   [[0, 0], [p, p], [0, 0], [0, 0]])
+        # Stride 1 and an odd kernel: "SAME" is the symmetric k//2 zero padding of PyTorch.
+        y = tf.nn.depthwise_conv2d(seq, tf.cast(self.kernel, x.dtype), [1, 1, 1, 1], "SAME")
         return tf.reshape(self._finish(y), shape)
 
     def compute_output_shape(self, input_shape):
@@ -250,14 +263,17 @@ class DepthwiseConv3D(_ConvBase):
     def call(self, x):
         shape = tf.shape(x)
         b, t = shape[0], shape[1]
-        padded = tf.pad(x, [[0, 0], [1, 1], [0, 0], [0, 0], [0, 0]])
+        # Time is always padded here; H and W too when strided (see _symmetric_padding).
+        hw = 1 if self.strides > 1 else 0
+        padded = tf.pad(x, [[0, 0], [1, 1], [hw, hw], [hw, hw], [0, 0]])
+        padding = "VALID" if hw else "SAME"
+        frame_shape = tf.shape(padded)[2:]
         kernel = tf.cast(self.kernel, x.dtype)
         strides = [1, self.strides, self.strides, 1]
-        pads = [[0, 0], [1, 1], [1, 1], [0, 0]]
         y = None
         for dt in range(3):  # output frame t reads input frame t + dt - 1
-            frames = tf.reshape(padded[:, dt:dt + t], tf.concat([[-1], shape[2:]], 0))
-            tap = tf.nn.depthwise_conv2d(frames, kernel[dt][..., None], strides, pads)
+            frames = tf.reshape(padded[:, dt:dt + t], tf.concat([[-1], frame_shape], 0))
+            tap = tf.nn.depthwise_conv2d(frames, kernel[dt][..., None], strides, padding)
             y = tap if y is None else y + tap
         y = self._finish(y)
         ys = tf.shape(y)
