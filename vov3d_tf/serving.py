@@ -125,17 +125,17 @@ def _guard(x, ok, message, data=()):
 def _checked_input(x, name, layout, rank, frames_axis=None, image_axes=None):
     """Run-time checks of a signature input (declared with unknown rank, so never folded away):
     rank, at least one frame, non-empty images with 3 channels. InvalidArgument otherwise."""
-    expected = f"input '{name}' must have shape {layout}; got shape"
+    expected = f"input {name} must have shape {layout}; got shape"
     x = _guard(x, tf.equal(tf.rank(x), rank), expected, [tf.shape(x)])
     shape = tf.shape(x)
     if frames_axis is not None:
         x = _guard(x, shape[frames_axis] > 0,
-                   f"input '{name}': every video needs at least one frame; got shape", [shape])
+                   f"input {name}: every video needs at least one frame; got shape", [shape])
     if image_axes is not None:
         x = _guard(x, tf.reduce_all(shape[image_axes[0]:image_axes[1]] > 0),
-                   f"input '{name}': height and width must be at least 1; got shape", [shape])
+                   f"input {name}: height and width must be at least 1; got shape", [shape])
         x = _guard(x, tf.equal(shape[-1], 3),
-                   f"input '{name}' must have shape {layout} (3 = RGB); got shape", [shape])
+                   f"input {name} must have shape {layout} (3 = RGB); got shape", [shape])
     return tf.ensure_shape(x, [None] * (rank - 1) + [3 if image_axes is not None else None])
 
 
@@ -223,7 +223,7 @@ class VideoServingModule(tf.Module):
         def one(serialized):
             record = fmt.parse_sequence_example(serialized)
             frames = _guard(record["frames"], record["num_frames"] > 0,
-                            f"input 'examples': feature list '{fmt.IMAGE_KEY}' has no frames "
+                            f"input examples: feature list {fmt.IMAGE_KEY} has no frames "
                             f"in video", [record["filename"]])
             return self._views_from_jpegs(frames)
 

