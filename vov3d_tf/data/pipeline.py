@@ -79,7 +79,9 @@ def resolve_files(file_pattern, split=None):
     compression is "GZIP" for names ending in .gz.
     """
     if isinstance(file_pattern, (list, tuple)):
-        paths = [str(p) for p in file_pattern]
+        paths = [os.fspath(p) for p in file_pattern]
+    elif isinstance(file_pattern, os.PathLike):
+        return resolve_files(os.fspath(file_pattern), split)
     elif os.path.isdir(file_pattern):
         if split is None:
             raise ValueError(f"{file_pattern!r} is a directory: pass split= (one of its manifest's "

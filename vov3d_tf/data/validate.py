@@ -54,6 +54,14 @@ def check_record(serialized, labels, *, full=False):
     return problems
 
 
+def _first_label(serialized):
+    try:
+        indices = fmt.read_sequence_example(serialized)[1]
+    except Exception:  # noqa: BLE001  (reported by check_record)
+        return None
+    return indices[0] if indices else None
+
+
 def validate(directory, *, full=False, log=print):
     """Logs each problem; returns (number of problems, summary dict)."""
     import tensorflow as tf
@@ -85,8 +93,9 @@ def validate(directory, *, full=False, log=print):
                     for p in record_problems:
                         log(f"BAD {path}: record {count}: {p}")
                     problems += len(record_problems)
-                    if not record_problems:
-                        histogram[fmt.read_sequence_example(serialized.numpy())[1][0]] += 1
+                    label = _first_label(serialized.numpy())
+                    if label is not None and 0 <= label < len(labels):
+                        histogram[label] += 1
                     count += 1
             except tf.errors.OpError as e:
                 log(f"BAD {path}: unreadable after record {count - 1} (truncated or corrupt: "
