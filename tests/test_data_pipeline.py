@@ -193,3 +193,13 @@ def test_argument_errors(shard_dir):
                           scale_range=(28, 30))
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert manifest["splits"]["eval"]["num_records"] == 22
+
+
+def test_random_test_segments_are_reproducible(shard_dir):
+    kw = dict(split="eval", training=False, num_clips=2, num_crops=1, **SMALL)
+    a, b = (next(iter(data.make_dataset(str(shard_dir), random_test_segments=True, seed=3, **kw)))[0]
+            for _ in range(2))
+    spread = next(iter(data.make_dataset(str(shard_dir), **kw)))[0]
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert a.shape == spread.shape == (5, 2, 4, 24, 24, 3)
+    assert not np.array_equal(a.numpy(), spread.numpy())

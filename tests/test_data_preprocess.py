@@ -246,3 +246,20 @@ def test_window_decode_equals_full_decode_slice(window):
     full = P.decode_frames(encoded, idx).numpy()[:, y:y + h, x:x + w]
     fast = P.decode_window(encoded, idx, tf.constant(window)).numpy()
     np.testing.assert_array_equal(fast, full)
+
+
+def test_random_test_segments_reference_protocol():
+    bounds = _segment_reference(60, 8, mode="bounds")
+    seed = tf.constant([4, 2], tf.int64)
+    idx = P.eval_indices(60, num_frames=8, num_clips=2, segment_seed=seed).numpy()
+    assert idx.shape == (2, 8)
+    for clip in idx:
+        assert all(lo <= i <= hi for i, (lo, hi) in zip(clip, bounds))
+    assert not np.array_equal(idx[0], idx[1])
+    np.testing.assert_array_equal(idx, P.eval_indices(60, num_frames=8, num_clips=2,
+                                                      segment_seed=seed).numpy())
+    spread = P.eval_indices(60, num_frames=8, num_clips=2).numpy()
+    assert spread[0].tolist() == _segment_reference(60, 8, mode="x", clip_index=0, num_clips=2)
+    # One clip, or dense sampling: the seed is not used (segment centre / fixed windows).
+    np.testing.assert_array_equal(P.eval_indices(60, num_frames=8, num_clips=1, segment_seed=seed),
+                                  P.eval_indices(60, num_frames=8, num_clips=1))

@@ -152,7 +152,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                  sampling="segment", sampling_rate=None, crop_size=preprocess.CROP_SIZE,
                  scale_range=preprocess.TRAIN_SCALE_RANGE, inverse_uniform=None, random_flip=None,
                  test_short_side=preprocess.TEST_SHORT_SIDE, test_crop_size=None, num_clips=None,
-                 num_crops=3, shuffle=None, shuffle_buffer=64, seed=None, repeat=False,
+                 num_crops=3, random_test_segments=False, shuffle=None, shuffle_buffer=64,
+                 seed=None, repeat=False,
                  num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
                  drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
                  prefetch=None):
@@ -173,6 +174,9 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       random_flip: horizontal flip p = 0.5 in training (Kinetics only by default).
       test_short_side, test_crop_size: test resize and crop (256, 256 = the short side).
       num_clips, num_crops: test views per video (2 x 3 for segment, 10 x 3 for dense).
+      random_test_segments: segment sampling at test draws a random frame per segment for each
+        clip (the reference implementation's protocol; reproducible, from `seed` or 0) instead
+        of fixed positions (k + 0.5) / num_clips in each segment.
       shuffle: shuffle files and records (default: = training); shuffle_buffer: records
         held for shuffling (each is a whole video's JPEGs: mind the memory).
       seed: makes shuffling and augmentation reproducible (and the order deterministic).
@@ -250,7 +254,11 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                 inverse_uniform=inverse_uniform, flip=random_flip, seed=aug_seed)
             return clip, _first_label(rec, path, index)
     else:
-        ds = ds.map(lambda p, i, s: (p, i, s, tf.zeros([2], tf.int64)))
+        if random_test_segments:  # reference protocol: random frame per segment and view
+            rand = tf.data.Dataset.random(seed=int(seeds[2])).batch(2)
+            ds = tf.data.Dataset.zip((ds, rand)).map(lambda r, s: (*r, s))
+        else:
+            ds = ds.map(lambda p, i, s: (p, i, s, tf.zeros([2], tf.int64)))
         out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
 
         def process(path, index, serialized, aug_seed):
@@ -258,7 +266,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
             views = preprocess.eval_views(
                 rec["frames"], num_frames=num_frames, crop_size=test_crop_size,
                 sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
-                num_clips=num_clips, num_crops=num_crops)
+                num_clips=num_clips, num_crops=num_crops,
+                segment_seed=aug_seed if random_test_segments else None)
             return views, _first_label(rec, path, index)
 
     def safe_process(path, index, serialized, aug_seed):

@@ -272,29 +272,45 @@ def train_clip(encoded, *, num_frames, crop_size=CROP_SIZE, sampling="segment", 
     return tf.ensure_shape(frames, [num_frames, crop_size, crop_size, 3])
 
 
+def eval_indices(num_video_frames, *, num_frames, sampling="segment", sampling_rate=1,
+                 num_clips=1, segment_seed=None):
+    """Frame indices of the test clips: int32 (num_clips, num_frames).
+
+    With `segment_seed` (segment sampling, several clips) each clip draws one random frame per
+    segment, the reference implementation's test protocol (ARCHITECTURE.md section 12),
+    reproducibly; without it clip k takes position (k + 0.5) / num_clips in every segment.
+    """
+    if segment_seed is not None and sampling == "segment" and num_clips > 1:
+        seeds = _split_seed(segment_seed, num_clips)
+        return tf.stack([segment_indices(num_video_frames, num_frames, training=True, seed=s)
+                         for s in seeds])
+    return tf.stack([sample_indices(num_video_frames, num_frames, sampling=sampling,
+                                    sampling_rate=sampling_rate, training=False, clip_index=c,
+                                    num_clips=num_clips) for c in range(num_clips)])
+
+
 def eval_views_from_frames(frames, *, num_frames, crop_size=TEST_SHORT_SIDE, sampling="segment",
-                           sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3):
+                           sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3,
+                           segment_seed=None):
     """Decoded uint8 frames (N, H, W, 3) -> test views float32 (num_clips * num_crops, T, c, c, 3).
 
-    Views are clip-major: view v = clip v // num_crops, crop v % num_crops.
+    Views are clip-major: view v = clip v // num_crops, crop v % num_crops. `segment_seed`:
+    see `eval_indices`.
     """
     check_crop_size(short_side, crop_size, "eval views")
-    n = tf.shape(frames)[0]
-    idx = tf.stack([sample_indices(n, num_frames, sampling=sampling, sampling_rate=sampling_rate,
-                                   training=False, clip_index=c, num_clips=num_clips)
-                    for c in range(num_clips)])
+    idx = eval_indices(tf.shape(frames)[0], num_frames=num_frames, sampling=sampling,
+                       sampling_rate=sampling_rate, num_clips=num_clips, segment_seed=segment_seed)
     return _views(lambda i: tf.gather(frames, i), idx, num_frames=num_frames, crop_size=crop_size,
                   short_side=short_side, num_clips=num_clips, num_crops=num_crops)
 
 
 def eval_views(encoded, *, num_frames, crop_size=TEST_SHORT_SIDE, sampling="segment",
-               sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3):
+               sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3,
+               segment_seed=None):
     """Encoded frames (N,) -> test views, as `eval_views_from_frames`, decoding only sampled frames."""
     check_crop_size(short_side, crop_size, "eval views")
-    n = tf.shape(encoded)[0]
-    idx = tf.stack([sample_indices(n, num_frames, sampling=sampling, sampling_rate=sampling_rate,
-                                   training=False, clip_index=c, num_clips=num_clips)
-                    for c in range(num_clips)])
+    idx = eval_indices(tf.shape(encoded)[0], num_frames=num_frames, sampling=sampling,
+                       sampling_rate=sampling_rate, num_clips=num_clips, segment_seed=segment_seed)
     return _views(lambda i: decode_frames(encoded, i), idx, num_frames=num_frames,
                   crop_size=crop_size, short_side=short_side, num_clips=num_clips,
                   num_crops=num_crops)
