@@ -170,7 +170,7 @@ def random_resized_crop_window(height, width, crop_size, short_side, *, seed):
     `short_side` followed by a random `crop_size` crop would show.
 
     Resizing only this window to crop_size x crop_size equals resize-then-crop up to rounding
-    the window to whole input pixels (a sub-pixel shift, < 0.5% scale change): the same
+    the window to whole input pixels (side and position within 0.5 px): the same
     augmentation distribution at a fraction of the cost.
     """
     short = tf.minimum(height, width)
