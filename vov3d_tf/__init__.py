@@ -11,6 +11,10 @@ import os
 # TF allocates its first tensor, so it works if set before any tensor exists; set
 # TF_CPU_ALLOCATOR_USE_BFC=false to opt out.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+# oneDNN kernels and fusions (off by default in this TF build): ~20% less CPU time per clip on
+# this model, measured. Read when TensorFlow loads, so it only applies if `vov3d_tf` is imported
+# first; set TF_ENABLE_ONEDNN_OPTS=0 to opt out.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from vov3d_tf import layers  # noqa: E402,F401  (registers the custom layers)
 from vov3d_tf.models import MODEL_NAMES, VARIANTS, VideoClassifier, create_model  # noqa: E402
