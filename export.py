@@ -1,14 +1,14 @@
 """Export a trained model as a TF Serving SavedModel (signatures, labels, warmup requests).
 
-    python export.py --weights runs/ssv2_vov3d_m/best.keras --config configs/ssv2_vov3d_m.json \
-        --output-dir models/vov3d_m [--version N] [--labels FILE] [--top-k 5] [--multi-view]
+    python export.py --weights runs/demo/best.keras --config configs/demo.json \
+        --output-dir models/demo [--version N] [--labels FILE] [--top-k 5] [--multi-view]
 
 writes `models/vov3d_m/<N>/` (the next free integer version unless --version is given; an
 existing version is never overwritten). The config supplies the frames, test resize/crop,
 sampling and labels (`data.labels_file`, else the shards' manifest); `--set` overrides keys as
 in train.py, e.g. to export converted official weights:
 
-    python export.py --weights vov3d_m_ssv2.keras --config configs/ssv2_vov3d_m.json \
+    python export.py --weights vov3d_m_ssv2.keras --config CONFIG.json \
         --set model.num_classes=174 data.labels_file=ssv2_labels.txt --output-dir models/vov3d_m
 
 See docs/serving.md for serving the result with TF Serving and for request examples.

@@ -332,3 +332,20 @@ def test_export_cli_versions_and_overrides(tmp_path, capsys):
     assert "the model has 5 classes but the config's model.num_classes is 7" in \
         capsys.readouterr().err
     assert serving.existing_versions(str(out)) == [1, 5]
+
+
+def test_load_trained_model_from_weights_file(tmp_path):
+    from vov3d_tf.config import config_from_dict
+
+    model = tiny_model()
+    path = str(tmp_path / "tiny.weights.h5")
+    model.save_weights(path)
+    cfg = config_from_dict({"model": {"name": "vov3d_m", "num_classes": 5, "base_width": 8,
+                                      "num_conv": 2, "blocks": [1, 1, 1, 1]}})
+    loaded = serving.load_trained_model(path, cfg.model)
+    x = np.random.default_rng(0).normal(size=(1, 4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected a \.keras model or a \.weights\.h5"):
+        serving.load_trained_model(__file__, cfg.model)
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        serving.load_trained_model(str(tmp_path / "missing.keras"), cfg.model)
