@@ -3,7 +3,7 @@
     python export.py --weights runs/demo/best.keras --config configs/demo.json \
         --output-dir models/demo [--version N] [--labels FILE] [--top-k 5] [--multi-view]
 
-writes `models/vov3d_m/<N>/` (the next free integer version unless --version is given; an
+writes `models/demo/<N>/` (the next free integer version unless --version is given; an
 existing version is never overwritten). The config supplies the frames, test resize/crop,
 sampling and labels (`data.labels_file`, else the shards' manifest); `--set` overrides keys as
 in train.py, e.g. to export converted official weights:
