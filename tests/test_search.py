@@ -127,7 +127,8 @@ def test_crashed_and_nan_trials_fail_and_the_search_goes_on(tmp_path):
 
 def test_report_best_config_is_a_complete_training_config(tmp_path):
     cfg = make_cfg(tmp_path, {"max_trials": 5, "max_gflops": None})
-    summary = run(cfg, FakeTrain())
+    train = FakeTrain()
+    summary = run(cfg, train)
     rows = [r for r in read_csv(summary["results_csv"]) if r["status"] == "completed"]
     top = max(rows, key=lambda r: float(r["score"]))
     assert summary["best_trial"] == top["trial"]
@@ -144,8 +145,10 @@ def test_report_best_config_is_a_complete_training_config(tmp_path):
         assert set(json.load(f)) == {"model", "data", "train", "eval", "search"}
     with open(summary["pareto_png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    # Each trial trained in its own folder for epochs_per_trial.
-    # (the FakeTrain calls carry the trial configs)
+    # Each trial trained in its own folder for epochs_per_trial (warm-up capped to fit).
+    project = tmp_path / "out" / "search"
+    assert [c[4] for c in train.calls] == [str(project / f"trial_{i}" / "run") for i in range(5)]
+    assert {c[3] for c in train.calls} == {1}
 
 
 def test_pareto_front_by_hand():
@@ -268,3 +271,21 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     assert search.main(["--config", str(path), "--set", "search.tuner=random",
                         "--set", "search.max_tirals=3"]) == 2
     assert "search: unknown key(s) 'max_tirals'" in capsys.readouterr().err
+
+
+def test_candidate_cost_is_the_model_counter_at_the_trial_clip(tmp_path):
+    from vov3d_tf.flops import count_flops
+    cfg = make_cfg(tmp_path, model={"name": "x3d_m", "num_classes": 4},
+                   search_section={"space": {"base_width": [12], "blocks": [[1, 1, 1, 1]],
+                                             "num_frames": [4, 8]}})
+    cost = search.candidate_cost(cfg, {"base_width": 12, "blocks": "1-1-1-1", "num_frames": 4})
+    ref = count_flops("x3d_m", input_shape=(4, 32, 32, 3), num_classes=4, base_width=12,
+                      blocks=(1, 1, 1, 1))
+    assert cost == {"gflops": ref["gflops"], "macs": ref["macs"], "params": ref["params"]}
+    assert cost["macs"] > 0 and cost["params"] > 0
+    doubled = search.candidate_cost(cfg, {"base_width": 12, "blocks": "1-1-1-1",
+                                          "num_frames": 8})
+    assert doubled["params"] == cost["params"]
+    # No temporal stride: the convolutions double with T; what runs on pooled features (SE
+    # gates, lin_5, the classifier: once per clip) does not, so just under 2x.
+    assert 1.8 * cost["macs"] < doubled["macs"] < 2 * cost["macs"]
