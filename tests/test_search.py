@@ -236,7 +236,22 @@ def test_bayesian_and_hyperband_respect_the_budget(tmp_path, tuner_name):
     # 14 of the 24 candidates are affordable (width x units x (2 if deep) <= 48)
     cfg = make_cfg(tmp_path, {"tuner": tuner_name, "max_trials": 10, "epochs_per_trial": 3,
                               "max_gflops": 48.0})
-    train = FakeTrain()
+
+    class Checkpointing(FakeTrain):
+        """Notes whether a trial started with checkpoints, then leaves one of its own."""
+        started_with = {}
+
+        def __call__(self, c):
+            ckpt = os.path.join(c.train.output_dir, "checkpoints", "ckpt")
+            self.started_with[c.train.output_dir] = (open(ckpt).read()
+                                                     if os.path.exists(ckpt) else None)
+            result = super().__call__(c)
+            os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+            with open(ckpt, "w") as f:
+                f.write(c.train.output_dir)
+            return result
+
+    train = Checkpointing()
     summary = run(cfg, train)
     assert 1 <= len(train.calls) <= 10 and summary["completed"] == len(train.calls)
     for width, units, blocks, epochs, _ in train.calls:
@@ -247,6 +262,18 @@ def test_bayesian_and_hyperband_respect_the_budget(tmp_path, tuner_name):
     else:  # max_epochs 3, factor 3: 3 one-epoch trials, then the best continued to 3 epochs
         assert sorted(c[3] for c in train.calls)[:3] == [1, 1, 1]
         assert 3 in [c[3] for c in train.calls]
+        # A continued trial starts from the checkpoints of the trial it continues.
+        project = tmp_path / "out" / "search"
+        continued = 0
+        for c in train.calls:
+            trial_dir = os.path.dirname(c[4])
+            with open(os.path.join(trial_dir, "trial.json")) as f:
+                values = json.load(f)["hyperparameters"]["values"]
+            previous = values.get("tuner/trial_id")
+            expect = str(project / f"trial_{previous}" / "run") if previous else None
+            assert train.started_with[c[4]] == expect
+            continued += previous is not None
+        assert continued >= 1
 
 
 def test_config_errors_name_the_key(tmp_path, capsys):
