@@ -53,8 +53,8 @@ def check_space(cfg, source="config"):
         if values is None:
             continue
         if len(values) == 0:
-            raise err(key, "needs at least one value (use null for frames/crop to keep the "
-                           "data section's value)" if key in DATA_HPS else "needs at least one value")
+            hint = (" (or null to keep the data section's value)" if key in DATA_HPS else "")
+            raise err(key, f"needs at least one value{hint}")
         if len(set(values)) != len(values):
             raise err(key, f"has duplicate values: {list(values)!r}")
     if is_vov3d(cfg.model.name):
@@ -111,7 +111,8 @@ def trial_config(cfg, values, *, epochs=None, output_dir=None):
     """The base `Config` with one candidate's values (and optionally epochs / output dir) set.
 
     With `epochs`, `train.warmup_epochs` is capped at it (the loader rejects a warm-up longer
-    than training). Validated like any config file, so a trial config is exactly what `train.py` would accept.
+    than training). Validated like any config file, so a trial config is exactly what
+    `train.py` would accept.
     """
     d = config_to_dict(cfg)
     for key, value in model_overrides(values).items():
