@@ -37,11 +37,22 @@ def fake_cost(values):
 
 
 def fake_train(cfg):
-    """Records which worker trained the trial; score from the candidate."""
+    """Records which worker trained the trial; score from the candidate.
+
+    A worker's first trial waits until the other worker has started one too, so both
+    workers train whatever their start-up times (TF imports) are.
+    """
+    me = os.environ["KERASTUNER_TUNER_ID"]
     os.makedirs(cfg.train.output_dir, exist_ok=True)
     with open(os.path.join(cfg.train.output_dir, "worker.txt"), "w") as f:
-        f.write(os.environ["KERASTUNER_TUNER_ID"])
-    time.sleep(1.0)  # long enough for the two workers to overlap
+        f.write(me)
+    project = os.path.dirname(os.path.dirname(cfg.train.output_dir))
+    open(os.path.join(project, f"started_{me}"), "w").close()
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+            os.path.exists(os.path.join(project, f"started_{w}")) for w in ("tuner0", "tuner1")):
+        time.sleep(0.2)
+    time.sleep(0.3)
     m = cfg.model
     if m.base_width == 8 and m.num_conv == 3:
         raise RuntimeError("simulated crash on a worker")
