@@ -30,8 +30,12 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 def tiny_model(num_classes=len(LABELS), seed=0):
     """Tiny VoV3D with non-trivial BN statistics (so folding matters) and spread-out logits."""
     keras.utils.set_random_seed(seed)
-    model = vov3d_tf.create_model("vov3d_m", num_classes, base_width=8, blocks=(1, 1, 1, 1),
-                                  num_conv=2)
+    return randomized(vov3d_tf.create_model("vov3d_m", num_classes, base_width=8,
+                                            blocks=(1, 1, 1, 1), num_conv=2), seed)
+
+
+def randomized(model, seed=0, head_scale=30.0):
+    """Random BN statistics and affine parameters, and a scaled classifier: far from uniform."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -40,7 +44,7 @@ def tiny_model(num_classes=len(LABELS), seed=0):
                                rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
     head = model.get_layer("head_projection")
     kernel, bias = head.get_weights()
-    head.set_weights([kernel * 30.0, bias])
+    head.set_weights([kernel * head_scale, bias])
     return model
 
 
@@ -349,3 +353,29 @@ def test_load_trained_model_from_weights_file(tmp_path):
         serving.load_trained_model(__file__, cfg.model)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         serving.load_trained_model(str(tmp_path / "missing.keras"), cfg.model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vov3d_m", "x3d_m"])
+def test_full_size_export_matches_keras_through_the_session_path(name, clips, tmp_path):
+    """Paper-size networks (174 classes, 16 frames, 224 crop of the 256 short side)."""
+    keras.utils.set_random_seed(0)
+    model = randomized(vov3d_tf.create_model(name, 174), head_scale=1.0)
+    spec = serving.ServingSpec(num_frames=16, crop_size=224, short_side=256, top_k=5)
+    video = clips[0]  # 10 frames: the 16 sampled positions repeat frames
+    logits = model(preprocess.eval_views(tf.constant(video), **spec.view_kwargs()))
+    head = model.get_layer("head_projection")  # logits with a spread of ~3
+    head.set_weights([w * 3.0 / float(tf.math.reduce_std(logits)) for w in head.get_weights()])
+    labels = [f"class {i}" for i in range(174)]
+    path = serving.export_saved_model(model, str(tmp_path / name), labels, spec)
+    expected = keras_probabilities(model, [video], spec)
+    assert 0.05 < expected.max() < 0.999, expected.max()  # neither uniform nor saturated
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        sig = meta.signature_def["serving_default"]
+        probabilities, top = sess.run(
+            [sig.outputs["probabilities"].name, sig.outputs["top_k_labels"].name],
+            {sig.inputs["frames"].name: np.array([video], dtype=object)})
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5, rtol=0)
+    assert [t.decode() for t in top[0]] == \
+        [labels[i] for i in np.argsort(-expected[0], kind="stable")[:5]]
