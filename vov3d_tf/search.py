@@ -488,7 +488,7 @@ def _check_resume(cfg, project_dir, source):
         before.get("search", {}).pop("max_trials", None)
         if before != now:
             diff = [f"{sec}.{k}" for sec in now for k in now[sec]
-                    if before.get(sec, {}).get(k) != now[sec][k]]
+                    if before.get(sec, {}).get(k) != now[sec][k]] or ["sections"]
             raise ValueError(f"{source}: {project_dir} holds a search started with a different "
                              f"config ({', '.join(diff)} changed); use another train.output_dir "
                              f"or --overwrite to start over")
