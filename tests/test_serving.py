@@ -205,7 +205,7 @@ def test_serving_bench_runs_and_reports(tmp_path, capsys):
     with open(out) as f:
         result = json.load(f)
     for key in ("savedmodel_jpeg", "savedmodel_frames", "keras_frames",
-                "savedmodel_model_only", "keras_model_only"):
+                "savedmodel_frames_at_crop", "keras_frames_at_crop", "keras_model_only"):
         r = result["results"][key]
         assert 0 < r["p50_ms"] <= r["p95_ms"] and r["runs"] == 3
         assert key in text
