@@ -3,6 +3,9 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Import the package before any test module imports TensorFlow, so the suite runs with the
+# settings a user gets (vov3d_tf sets TensorFlow's allocator and oneDNN flags on import).
+import vov3d_tf  # noqa: E402,F401
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -4,7 +4,8 @@
     python -m vov3d_tf.bench --models vov3d_m --sizes 224 --peer ../shared/bench/torch_peer.py
 
 Prints one JSON line per case: clips/s from the median (and the fastest) of `--runs` timed calls
-after `--warmup` untimed ones, and the peak RSS of the process that ran it. Every case runs in a
+after `--warmup` untimed ones, the peak RSS of the process that ran it, the RSS of a process
+that only imports the framework, and their difference (`working_mb`). Every case runs in a
 fresh process. Inference uses the documented fast path: `fold_batchnorm(model)` called inside a
 `tf.function`. A training step is forward + backward + SGD (Nesterov, weight decay) update of
 the trainable model. With `--peer`, each case also runs the PyTorch twin right after ours, and a
@@ -78,6 +79,12 @@ def _spawn(cmd):
     return json.loads(lines[-1]), round(usage.ru_maxrss / 1024, 1)  # ru_maxrss is in KiB
 
 
+def baseline_rss(module):
+    """Peak RSS (MiB) of a process that only imports `module`: its framework's fixed cost."""
+    _, rss = _spawn([sys.executable, "-c", f"import {module}; print('{{}}')"])
+    return rss
+
+
 def cases(args):
     for model in args.models:
         for size in args.sizes:
@@ -113,6 +120,10 @@ def main(argv=None):
     if args.runs < 5:
         p.error("--runs must be >= 5 (the reported figure is a median)")
     failed = 0
+    # Working memory = peak RSS minus the RSS of importing the framework alone: TensorFlow's
+    # libraries are ~450 MiB larger than PyTorch's before any tensor exists.
+    base = baseline_rss("vov3d_tf")
+    peer_base = baseline_rss("torch") if args.peer else None
     for case in cases(args):
         case.update(frames=args.frames, num_classes=args.num_classes, runs=args.runs,
                     warmup=args.warmup, threads=args.threads)
@@ -120,7 +131,8 @@ def main(argv=None):
                               json.dumps(case)])
         ours = {"impl": "vov3d_tf", **{k: case[k] for k in ("model", "mode", "batch", "frames",
                                                              "size")},
-                **result, "peak_rss_mb": rss}
+                **result, "peak_rss_mb": rss, "import_rss_mb": base,
+                "working_mb": rss and round(rss - base, 1)}
         print(json.dumps(ours), flush=True)
         failed += "error" in result
         if args.peer:
@@ -131,12 +143,15 @@ def main(argv=None):
             peer, peer_rss = _spawn(cmd + (["--train"] if case["mode"] == "train" else []))
             print(json.dumps({"impl": "pytorch_peer", **{k: ours[k] for k in (
                 "model", "mode", "batch", "frames", "size")}, **peer,
-                "peak_rss_mb": peer_rss}), flush=True)
+                "peak_rss_mb": peer_rss, "import_rss_mb": peer_base,
+                "working_mb": peer_rss and round(peer_rss - peer_base, 1)}), flush=True)
             if "error" not in result and "error" not in peer:
                 print(json.dumps({"ratio": "vov3d_tf / pytorch_peer", **{k: ours[k] for k in (
                     "model", "mode", "batch", "size")},
                     "clips_per_s": round(ours["clips_per_s"] / peer["clips_per_s"], 2),
-                    "peak_rss": round(rss / peer_rss, 2)}), flush=True)
+                    "peak_rss": round(rss / peer_rss, 2),
+                    "working_memory": round((rss - base) / (peer_rss - peer_base), 2)}),
+                    flush=True)
     return 1 if failed else 0
 
 
