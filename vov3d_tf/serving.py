@@ -178,11 +178,14 @@ class VideoServingModule(tf.Module):
 
     def classify(self, views):
         """float32 (batch, views, T, c, c, 3) normalized -> the output dict."""
-        # Static frame/crop sizes (only the batch is dynamic): the model's convolutions then get
-        # fully known shapes, as in evaluation, instead of shape arithmetic at run time.
-        flat = tf.reshape(views, [-1] + self._view_shape[1:])
-        logits = tf.cast(self.model(flat, training=False), tf.float32)
-        logits = tf.reshape(logits, [-1, self.spec.num_views, self.num_classes])
+        shape = tf.shape(views)
+        count = shape[0] * shape[1]
+        flat = tf.reshape(views, tf.concat([[count], shape[2:]], axis=0))
+        # An empty batch runs one dummy view instead: some convolutions reject empty inputs.
+        flat = tf.cond(count > 0, lambda: flat,
+                       lambda: tf.zeros([1] + self._view_shape[1:], flat.dtype))
+        logits = tf.cast(self.model(flat, training=False), tf.float32)[:count]
+        logits = tf.reshape(logits, [shape[0], shape[1], self.num_classes])
         probabilities = tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=1)
         logits = tf.reduce_mean(logits, axis=1)
         k = min(self.spec.top_k, self.num_classes)
