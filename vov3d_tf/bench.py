@@ -50,6 +50,7 @@ def run_case(case):
             return loss
     else:
         folded = vov3d_tf.fold_batchnorm(model)
+        del model  # serve the folded copy only
 
         @tf.function
         def step():
@@ -66,22 +67,41 @@ def run_case(case):
             "clips_per_s": round(b / med, 3), "best_clips_per_s": round(b / best, 3)}
 
 
-def _spawn(cmd):
-    """Run `cmd`, return (last JSON line it printed, its peak RSS in MiB)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    lines = [line for line in out.splitlines() if line.startswith("{")]
+HWM_PREFIX = "VMHWM_KB "
+# Printed by every child at exit: the high-water RSS of its own address space. (The rusage of
+# a child is no good here: Linux carries the parent's RSS at fork into the child's ru_maxrss.)
+_HWM_HOOK = ("import atexit, sys\n"
+             "def _hwm():\n"
+             "    kb = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+             "    print('" + HWM_PREFIX + "' + kb[0], file=sys.stderr, flush=True)\n"
+             "atexit.register(_hwm)\n")
+
+
+def _spawn(code, args=()):
+    """Run Python `code` with argv `args` in a fresh process.
+
+    Returns (last JSON line it printed, its peak RSS in MiB).
+    """
+    proc = subprocess.run([sys.executable, "-c", _HWM_HOOK + code, *args],
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    hwm = [line for line in proc.stderr.splitlines() if line.startswith(HWM_PREFIX)]
+    rss = round(int(hwm[-1][len(HWM_PREFIX):]) / 1024, 1) if hwm else None
     if proc.returncode != 0 or not lines:
-        return {"error": (err.strip().splitlines() or ["no output"])[-1],
-                "returncode": proc.returncode}, None
-    return json.loads(lines[-1]), round(usage.ru_maxrss / 1024, 1)  # ru_maxrss is in KiB
+        err = [l for l in proc.stderr.splitlines() if not l.startswith(HWM_PREFIX)]
+        return {"error": (err or ["no output"])[-1], "returncode": proc.returncode}, rss
+    return json.loads(lines[-1]), rss
+
+
+def _run_script(path):
+    return ("import runpy, sys\n"
+            f"sys.argv = [{path!r}] + sys.argv[1:]\n"
+            f"runpy.run_path({path!r}, run_name='__main__')\n")
 
 
 def baseline_rss(module):
     """Peak RSS (MiB) of a process that only imports `module`: its framework's fixed cost."""
-    _, rss = _spawn([sys.executable, "-c", f"import {module}; print('{{}}')"])
+    _, rss = _spawn(f"import {module}; print('{{}}')")
     return rss
 
 
@@ -127,8 +147,8 @@ def main(argv=None):
     for case in cases(args):
         case.update(frames=args.frames, num_classes=args.num_classes, runs=args.runs,
                     warmup=args.warmup, threads=args.threads)
-        result, rss = _spawn([sys.executable, "-m", "vov3d_tf.bench", CASE_FLAG,
-                              json.dumps(case)])
+        result, rss = _spawn("import sys; from vov3d_tf.bench import main; "
+                             "sys.exit(main(sys.argv[1:]))", [CASE_FLAG, json.dumps(case)])
         ours = {"impl": "vov3d_tf", **{k: case[k] for k in ("model", "mode", "batch", "frames",
                                                              "size")},
                 **result, "peak_rss_mb": rss, "import_rss_mb": base,
@@ -136,16 +156,17 @@ def main(argv=None):
         print(json.dumps(ours), flush=True)
         failed += "error" in result
         if args.peer:
-            cmd = [sys.executable, args.peer, "--model", case["model"], "--batch",
+            cmd = ["--model", case["model"], "--batch",
                    str(case["batch"]), "--frames", str(args.frames), "--size",
                    str(case["size"]), "--num-classes", str(args.num_classes),
                    "--runs", str(args.runs), "--threads", str(args.threads or os.cpu_count())]
-            peer, peer_rss = _spawn(cmd + (["--train"] if case["mode"] == "train" else []))
+            peer, peer_rss = _spawn(_run_script(os.path.abspath(args.peer)),
+                                    cmd + (["--train"] if case["mode"] == "train" else []))
             print(json.dumps({"impl": "pytorch_peer", **{k: ours[k] for k in (
                 "model", "mode", "batch", "frames", "size")}, **peer,
                 "peak_rss_mb": peer_rss, "import_rss_mb": peer_base,
                 "working_mb": peer_rss and round(peer_rss - peer_base, 1)}), flush=True)
-            if "error" not in result and "error" not in peer:
+            if "error" not in result and "error" not in peer and rss and peer_rss:
                 print(json.dumps({"ratio": "vov3d_tf / pytorch_peer", **{k: ours[k] for k in (
                     "model", "mode", "batch", "size")},
                     "clips_per_s": round(ours["clips_per_s"] / peer["clips_per_s"], 2),
