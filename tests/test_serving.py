@@ -190,6 +190,10 @@ def test_spec_from_config_uses_eval_preprocessing():
             single.sampling_rate, single.num_views, single.top_k) == (8, 224, 256, "dense", 5,
                                                                         1, 3)
     assert serving.spec_from_config(cfg, multi_view=True).num_views == 30
+    two_crops = config_from_dict({"eval": {"num_crops": 2}})
+    assert serving.spec_from_config(two_crops).num_views == 1  # single view ignores eval views
+    with pytest.raises(ValueError, match="eval.num_crops: .* 1 .* or 3 crops, got 2"):
+        serving.spec_from_config(two_crops, multi_view=True)
     # test_crop_size null = the short side (three 256 crops, the paper's test protocol).
     assert serving.spec_from_config(config_from_dict({})).crop_size == 256
 

@@ -96,6 +96,9 @@ def spec_from_config(cfg, *, multi_view=False, top_k=5):
     `eval.num_clips x eval.num_crops`, as `evaluate` measures.
     """
     d = cfg.data
+    if multi_view and cfg.eval.num_crops not in (1, 3):
+        raise ValueError(f"eval.num_crops: the test protocol takes 1 (centre) or 3 crops, got "
+                         f"{cfg.eval.num_crops}")
     return ServingSpec(num_frames=d.num_frames, crop_size=d.test_crop_size or d.test_short_side,
                        short_side=d.test_short_side, sampling=d.sampling,
                        sampling_rate=d.sampling_rate,
