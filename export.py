@@ -73,7 +73,8 @@ def main(argv=None):
     print(f"  signatures: {', '.join(serving.SIGNATURES)}; outputs: "
           f"{', '.join(serving.OUTPUT_KEYS)} (top {min(spec.top_k, len(labels))})")
     print(f"  preprocessing: {spec.num_frames} frames ({spec.sampling}), short side "
-          f"{spec.short_side}, crop {spec.crop_size}, {spec.num_views} view(s)")
+          f"{spec.short_side}, crop {spec.crop_size}, {spec.num_clips} clip(s) x {spec.num_crops} "
+          f"crop(s) per video")
     return 0
 
 
