@@ -231,3 +231,21 @@ def test_runs_with_onednn_enabled(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         results.append(np.load(out))
     assert np.abs(results[0] - results[1]).max() <= 1e-4 * max(1.0, np.abs(results[0]).max())
+
+
+@pytest.mark.parametrize("name", ["vov3d_m", "x3d_m"])
+def test_empty_batch_and_static_shapes(name):
+    import keras
+    model = tiny(name)
+    out = model(np.zeros((0, 4, 32, 32, 3), "float32"), training=False)
+    assert tuple(out.shape) == (0, 5)
+    out = vov3d_tf.fold_batchnorm(model)(np.zeros((0, 4, 32, 32, 3), "float32"))
+    assert tuple(out.shape) == (0, 5)
+    # A model built for a fixed clip shape has static shapes all the way to the logits.
+    fixed = tiny(name, input_shape=(4, 32, 32, 3))
+    widths = vov3d_widths(8) if name == "vov3d_m" else x3d_widths(8)
+    assert tuple(fixed.get_layer("s5_b0_relu").output.shape) == (None, 4, 1, 1, widths[1][3][1])
+    spec = tf.function(lambda x: fixed(x)).get_concrete_function(
+        tf.TensorSpec((2, 4, 32, 32, 3), tf.float32))
+    assert tuple(spec.output_shapes) == (2, 5)
+    del keras

@@ -25,6 +25,23 @@ def _activation(name):
     return {"relu": tf.nn.relu, "swish": tf.nn.silu, "sigmoid": tf.sigmoid}[name]
 
 
+def _dims(x):
+    """Shape as a list: static ints where known, dynamic scalars elsewhere.
+
+    Static sizes let grappler fold the reshapes below; explicit products instead of -1 keep
+    them valid for empty batches.
+    """
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+
+
+def _prod(dims):
+    out = dims[0]
+    for d in dims[1:]:
+        out = out * d
+    return out
+
+
 def torch_fan_out_normal(fan_out):
     """He-normal with PyTorch's fan_out (out_channels * kernel volume, groups ignored)."""
     return keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / fan_out))
@@ -86,15 +103,19 @@ class PointwiseConv3D(_ConvBase):
         if self.strides != 1:
             # A strided 1x1 Conv2D on frames subsamples inside the conv kernel; a separate
             # strided slice of a 5-D tensor was 10% of the whole network's time.
-            shape = tf.shape(x)
-            frames = tf.reshape(x, tf.concat([[-1], shape[2:]], 0))
+            d = _dims(x)
+            frames = tf.reshape(x, [d[0] * d[1]] + d[2:])
             s = self.strides
-            y = self._finish(tf.nn.conv2d(frames, kernel[None, None], [1, s, s, 1], "VALID"))
-            return tf.reshape(y, tf.concat([shape[:2], tf.shape(y)[1:]], 0))
-        shape = tf.shape(x)
-        y = tf.matmul(tf.reshape(x, (-1, shape[-1])), kernel)
+            y = tf.nn.conv2d(frames, kernel[None, None], [1, s, s, 1], "VALID")
+            # Sizes from the stride arithmetic, not from y: oneDNN's conv returns its input
+            # unchanged for an empty batch.
+            out = [(d[2] - 1) // s + 1, (d[3] - 1) // s + 1, self.filters]
+            y = self._finish(tf.reshape(y, [d[0] * d[1]] + out))
+            return tf.reshape(y, d[:2] + out)
+        d = _dims(x)
+        y = tf.matmul(tf.reshape(x, [_prod(d[:-1]), d[-1]]), kernel)
         y = self._finish(y)
-        return tf.reshape(y, tf.concat([shape[:-1], [self.filters]], 0))
+        return tf.reshape(y, d[:-1] + [self.filters])
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)
@@ -129,13 +150,14 @@ class OneShotAggregation(_ConvBase):
         self._add_bias(self.filters)
 
     def call(self, inputs):
-        shape = tf.shape(inputs[0])
+        d = _dims(inputs[0])
+        n = _prod(d[:-1])
         kernel = tf.cast(self.kernel, inputs[0].dtype)
         parts = tf.split(kernel, self.splits, axis=0)
-        y = tf.add_n([tf.matmul(tf.reshape(x, (-1, c)), k)
+        y = tf.add_n([tf.matmul(tf.reshape(x, [n, c]), k)
                       for x, c, k in zip(inputs, self.splits, parts)])
         y = self._finish(y)
-        return tf.reshape(y, tf.concat([shape[:-1], [self.filters]], 0))
+        return tf.reshape(y, d[:-1] + [self.filters])
 
     def compute_output_shape(self, input_shapes):
         return tuple(input_shapes[0][:-1]) + (self.filters,)
@@ -196,8 +218,8 @@ class SpatialConv(_ConvBase):
         self._add_bias(out)
 
     def call(self, x):
-        shape = tf.shape(x)
-        frames = tf.reshape(x, tf.concat([[-1], shape[2:]], 0))
+        d = _dims(x)
+        frames = tf.reshape(x, [d[0] * d[1]] + d[2:])
         frames, padding = _symmetric_padding(frames, self.kernel_size // 2, self.strides, (1, 2),
                                              explicit_ok=not self.use_bias)
         strides = [1, self.strides, self.strides, 1]
@@ -206,9 +228,13 @@ class SpatialConv(_ConvBase):
             y = tf.nn.depthwise_conv2d(frames, kernel, strides, padding)
         else:
             y = tf.nn.conv2d(frames, kernel, strides, padding)
-        y = self._finish(y)
-        ys = tf.shape(y)
-        return tf.reshape(y, tf.concat([shape[:2], ys[1:]], 0))
+        # Output size from the padding arithmetic, not from y: oneDNN's convs return their
+        # input unchanged for an empty batch.
+        k, s, p = self.kernel_size, self.strides, self.kernel_size // 2
+        out = [(d[2] + 2 * p - k) // s + 1, (d[3] + 2 * p - k) // s + 1,
+               d[4] if self.depthwise else self.filters]
+        y = self._finish(tf.reshape(y, [d[0] * d[1]] + out))
+        return tf.reshape(y, d[:2] + out)
 
     def compute_output_shape(self, input_shape):
         b, t, h, w, c = input_shape
@@ -240,11 +266,11 @@ class TemporalDepthwiseConv(_ConvBase):
         self._add_bias(c)
 
     def call(self, x):
-        shape = tf.shape(x)
-        seq = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2] * shape[3], shape[4]]))
+        d = _dims(x)
+        seq = tf.reshape(x, [d[0], d[1], d[2] * d[3], d[4]])
         # Stride 1 and an odd kernel: "SAME" is the symmetric k//2 zero padding of PyTorch.
         y = tf.nn.depthwise_conv2d(seq, tf.cast(self.kernel, x.dtype), [1, 1, 1, 1], "SAME")
-        return tf.reshape(self._finish(y), shape)
+        return tf.reshape(self._finish(y), d)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -272,23 +298,24 @@ class DepthwiseConv3D(_ConvBase):
         self._add_bias(c)
 
     def call(self, x):
-        shape = tf.shape(x)
-        b, t = shape[0], shape[1]
+        d = _dims(x)
+        b, t = d[0], d[1]
         # Time is always padded here; H and W too when strided (see _symmetric_padding).
         hw = 1 if self.strides > 1 else 0
         padded = tf.pad(x, [[0, 0], [1, 1], [hw, hw], [hw, hw], [0, 0]])
         padding = "VALID" if hw else "SAME"
-        frame_shape = tf.shape(padded)[2:]
+        frame_shape = _dims(padded)[2:]
         kernel = tf.cast(self.kernel, x.dtype)
         strides = [1, self.strides, self.strides, 1]
         y = None
         for dt in range(3):  # output frame t reads input frame t + dt - 1
-            frames = tf.reshape(padded[:, dt:dt + t], tf.concat([[-1], frame_shape], 0))
+            frames = tf.reshape(padded[:, dt:dt + t], [b * t] + frame_shape)
             tap = tf.nn.depthwise_conv2d(frames, kernel[dt][..., None], strides, padding)
             y = tap if y is None else y + tap
-        y = self._finish(y)
-        ys = tf.shape(y)
-        return tf.reshape(y, tf.concat([[b, t], ys[1:]], 0))
+        s = self.strides
+        out = [(d[2] - 1) // s + 1, (d[3] - 1) // s + 1, d[4]]  # (see SpatialConv.call)
+        y = self._finish(tf.reshape(y, [b * t] + out))
+        return tf.reshape(y, [b, t] + out)
 
     def compute_output_shape(self, input_shape):
         b, t, h, w, c = input_shape
@@ -345,7 +372,7 @@ class BatchNorm(keras.layers.BatchNormalization):
         self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1 - m))
         self.moving_variance.assign(self.moving_variance * m
                                     + tf.cast(var, self.moving_variance.dtype) * (1 - m))
-        return tf.cast(tf.reshape(y, tf.shape(inputs)), self.compute_dtype)
+        return tf.cast(tf.reshape(y, _dims(inputs)), self.compute_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
