@@ -423,6 +423,25 @@ def save_inference_model(model, path, strategy=None):
 # run(cfg)
 # ----------------------------------------------------------------------------------------------
 
+def _build_for_multi_worker(model, strategy, element_spec):
+    """Work around Keras 3's fit() under MultiWorkerMirroredStrategy (tensorflow#72388).
+
+    Keras reduces with `strategy.reduce("MEAN", value, axis=0)`, which this strategy cannot do
+    for the (x, y) tuple it uses to build the loss/metrics, nor for the scalar logs of each
+    train step. So: build the loss and metrics here from the element spec and skip Keras'
+    build step, and return each step's logs as shape (1,) (the MEAN over axis 0 of the
+    per-worker values is then their average, a scalar). Training math is unchanged.
+    """
+    with strategy.scope():
+        model._symbolic_build(data_batch=element_spec)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    train_step = model.train_step
+
+    def train_step_with_rank1_logs(data):
+        return {k: tf.reshape(v, [1]) for k, v in train_step(data).items()}
+    model.train_step = train_step_with_rank1_logs
+
+
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -543,6 +562,8 @@ def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
     if tc.label_smoothing:
         k = cfg.model.num_classes
         train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k)))
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _build_for_multi_worker(model, strategy, train_ds.element_spec)
 
     # --- loop --------------------------------------------------------------------------------
     best_path = os.path.join(out, "best.keras")
