@@ -51,6 +51,8 @@ def run_case(case):
     else:
         folded = vov3d_tf.fold_batchnorm(model)
         del model  # serve the folded copy only
+        import gc
+        gc.collect()
 
         @tf.function
         def step():
