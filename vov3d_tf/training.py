@@ -616,6 +616,8 @@ def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
                "best_weights": best_path, "last_weights": last_path, "output_dir": out,
                "per_class_csv": result.get("per_class_csv"),
                "confusion_png": result.get("confusion_png")}
+    if not chief:  # this worker's temporary checkpoint copies
+        shutil.rmtree(os.path.dirname(ckpt_dir), ignore_errors=True)
     if chief:
         tmp = os.path.join(out, FINAL_METRICS + ".tmp")
         with open(tmp, "w") as f:
