@@ -58,7 +58,7 @@ def main(argv=None):
         if labels is None:
             labels, source = [str(i) for i in range(cfg.model.num_classes)], "class indices"
             print("export.py: no labels file in the config or beside the shards; "
-                  f"top_k_labels will be class indices (pass --labels FILE)", file=sys.stderr)
+                  "top_k_labels will be class indices (pass --labels FILE)", file=sys.stderr)
         labels = serving.check_labels(labels, cfg.model.num_classes, source)
         spec = serving.spec_from_config(cfg, multi_view=args.multi_view, top_k=args.top_k)
         path = serving.export_saved_model(
