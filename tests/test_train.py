@@ -269,3 +269,19 @@ def test_train_py_reports_config_errors(tmp_path):
                          timeout=120)
     assert res.returncode == 2
     assert f"error: {bad}: train.epochs: -1 is out of range" in res.stderr
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16",
+                                    pytest.param("mixed_bfloat16", marks=pytest.mark.slow)])
+def test_mixed_precision_run_saves_float32_models(tmp_path, policy):
+    out = tmp_path / "run"
+    d = tiny_config(str(tmp_path), out, train={"steps_per_epoch": 2, "epochs": 1, "batch_size": 4,
+                                                "mixed_precision": policy,
+                                                "precise_bn_batches": 1})
+    result = training.run(config_from_dict(d), verbose=0,
+                          datasets=(_toy_data(8).repeat(), _toy_data(4, views=True)))
+    assert result["steps"] == 2 and np.isfinite(result["top1"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = keras.models.load_model(out / "last.keras")
+    assert model.dtype_policy.name == "float32"
+    assert all(w.dtype == np.float32 and np.isfinite(w).all() for w in model.get_weights())

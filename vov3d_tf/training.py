@@ -491,11 +491,19 @@ def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
     `already_finished=True`) unless `force`. `datasets=(train, eval)` replaces the shard
     pipeline (tests, the search). Raises `TrainingDiverged` on a NaN/inf loss.
     """
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision or "float32")
+    try:
+        return _run(cfg, source=source, force=force, datasets=datasets, verbose=verbose)
+    finally:  # the precision policy is global state: give it back
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(cfg, *, source, force, datasets, verbose):
     t_start = time.time()
     tc = cfg.train
     out = tc.output_dir
     keras.utils.set_random_seed(tc.seed)
-    keras.mixed_precision.set_global_policy(tc.mixed_precision or "float32")
     strategy = select_strategy()
     chief = _is_chief(strategy)
 
