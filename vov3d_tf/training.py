@@ -663,7 +663,7 @@ def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_di
         raise ValueError(f"{weights}: the model has {model.outputs[0].shape[-1]} classes, "
                          f"model.num_classes is {cfg.model.num_classes}")
     result = evaluation.evaluate(model, eval_ds, cfg.model.num_classes, class_names=names,
-                                 output_dir=out)
+                                 output_dir=out, verbose=sys.stdout.isatty())
     metrics = {k: result[k] for k in ("top1", "top5", "num_videos", "num_views")}
     metrics.update(weights=weights, per_class_csv=result["per_class_csv"],
                    confusion_png=result["confusion_png"])
