@@ -49,6 +49,8 @@ def test_defaults_are_the_paper_ssv2_recipe():
     ({"search": {"tuner": "grid"}}, "search.tuner", "'random'"),
     ({"search": {"space": {"blocks": [[1, 1, 1]]}}}, "search.space.blocks[0]", "4 values"),
     ({"search": {"space": {"colour": [1]}}}, "search.space", "unknown key(s) 'colour'"),
+    ({"data": {"synthetic": {"num_videos": 10}}}, "data.synthetic", "unknown key(s) 'num_videos'"),
+    ({"data": {"synthetic": [1]}}, "data.synthetic", "expected an object"),
     ([1, 2], "", "JSON object of sections"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, d, key, fragment):
