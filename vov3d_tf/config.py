@@ -196,7 +196,8 @@ def _convert(value, tp, meta, where):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
     elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
             raise bad
         value = float(value)
     elif tp is str:

@@ -30,7 +30,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from vov3d_tf import evaluation
