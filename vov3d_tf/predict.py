@@ -62,6 +62,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import keras
+    from vov3d_tf import VideoClassifier, fold_batchnorm
     from vov3d_tf.config import apply_overrides, config_from_dict, load_config
     from vov3d_tf.training import class_names
 
@@ -74,6 +75,8 @@ def main(argv=None):
         if not os.path.exists(args.video):
             raise FileNotFoundError(f"video not found: {args.video!r}")
         model = keras.models.load_model(weights, compile=False)
+        if isinstance(model, VideoClassifier):
+            model = fold_batchnorm(model)  # the fast inference form, same outputs
         probs = predict_video(model, args.video, cfg, fps=args.fps, short_side=args.short_side)
         if args.labels:
             with open(args.labels, encoding="utf-8") as f:
