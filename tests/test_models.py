@@ -1,4 +1,11 @@
 """Architecture: exact parameter counts, PyTorch parity, padding arithmetic, FLOPs, errors."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -68,7 +75,6 @@ def test_parity_with_official_vov3d_m(parity_npz):
     probs = tf.nn.softmax(logits).numpy()
     assert np.abs(probs - parity_npz["probs"]).max() <= 1e-5
     # Intermediate stage features (NCTHW in the fixture).
-    import keras
     probe = keras.Model(model.input, [model.get_layer(n).output
                                       for n in ("s2_b0_relu", "s4_b2_relu", "s5_b1_relu")])
     for got, key in zip(probe(x, training=False), ("feat_s2", "feat_s4", "feat_s5")):
@@ -93,7 +99,6 @@ def test_fold_batchnorm_matches_trainable_model(name):
 
 @pytest.mark.parametrize("name", ["vov3d_m", "x3d_l"])
 def test_keras_round_trip(tmp_path, name):
-    import keras
     model = tiny(name)
     randomize_bn(model, seed=2)
     x = np.random.default_rng(1).normal(size=(1, 3, 32, 32, 3)).astype("float32")
@@ -113,7 +118,7 @@ def test_odd_sizes_follow_pytorch_arithmetic(size, expected):
         n = (n - 1) // 2 + 1
     assert n == expected
     model = tiny()
-    probe = __import__("keras").Model(model.input, model.get_layer("s5_b0_relu").output)
+    probe = keras.Model(model.input, model.get_layer("s5_b0_relu").output)
     out = probe(np.zeros((1, 3, size, size + 2, 3), "float32"))
     m = size + 2
     for _ in range(5):
@@ -186,7 +191,7 @@ def test_flops_of_a_model_object_and_cli(capsys):
     assert r["params"] == n_params(tiny()) and r["macs"] > 0
     assert main(["--model", "vov3d_m", "--num-classes", "174", "--frames", "16",
                  "--size", "224"]) == 0
-    out = __import__("json").loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)
     assert out["params"] == 3_204_286 and abs(out["gflops"] - 4.916) < 0.01
 
 
@@ -207,8 +212,6 @@ def test_bad_names_and_overrides():
 
 def test_runs_with_onednn_enabled(tmp_path):
     """Some TF builds enable oneDNN, which aborts on depthwise conv + bias with EXPLICIT padding."""
-    import subprocess
-    import sys
     script = (
         "import numpy as np, vov3d_tf\n"
         "import sys; sys.path.insert(0, sys.argv[2])\n"
@@ -223,10 +226,10 @@ def test_runs_with_onednn_enabled(tmp_path):
     results = []
     for flag in ("0", "1"):
         out = tmp_path / f"onednn{flag}.npy"
-        env = {**__import__("os").environ, "TF_ENABLE_ONEDNN_OPTS": flag, "PYTHONPATH": str(
-            __import__("pathlib").Path(__file__).resolve().parents[1])}
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": flag, "PYTHONPATH": str(
+            pathlib.Path(__file__).resolve().parents[1])}
         proc = subprocess.run([sys.executable, "-c", script, str(out),
-                               str(__import__("pathlib").Path(__file__).parent)], env=env,
+                               str(pathlib.Path(__file__).parent)], env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         results.append(np.load(out))
@@ -235,7 +238,6 @@ def test_runs_with_onednn_enabled(tmp_path):
 
 @pytest.mark.parametrize("name", ["vov3d_m", "x3d_m"])
 def test_empty_batch_and_static_shapes(name):
-    import keras
     model = tiny(name)
     out = model(np.zeros((0, 4, 32, 32, 3), "float32"), training=False)
     assert tuple(out.shape) == (0, 5)
@@ -248,4 +250,3 @@ def test_empty_batch_and_static_shapes(name):
     spec = tf.function(lambda x: fixed(x)).get_concrete_function(
         tf.TensorSpec((2, 4, 32, 32, 3), tf.float32))
     assert tuple(spec.output_shapes) == (2, 5)
-    del keras

@@ -13,12 +13,15 @@ import os
 import re
 import sys
 
+import keras
 import numpy as np
 
 from vov3d_tf import layers as L
 
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")  # Keras order: gamma, beta, mean, var
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
+# Non-weight arrays of the parity fixture (.npz); its `feat_*` debugging features are skipped too.
+_FIXTURE_EXTRAS = {"input", "logits", "probs", "logits_f64", "probs_f64"}
 
 # PyTorch module path -> Keras layer name. Block-level parts (after `s{k}.pathway0_res{j}.`):
 _BLOCK_PARTS = {"branch1": "shortcut", "branch1_bn": "shortcut_bn"}
@@ -123,7 +126,7 @@ def load_torch_weights(model, state):
     for name, layer in by_name.items():
         params = pending.get(name, {})
         torch_module = torch_module_name(name, model.family)
-        if isinstance(layer, _bn_class()):
+        if isinstance(layer, keras.layers.BatchNormalization):
             wanted = list(_BN_PARAMS)
             arrays = [params.get(p) for p in wanted]
         else:
@@ -155,14 +158,6 @@ def load_torch_weights(model, state):
     for layer, arrays in assignments:
         layer.set_weights(arrays)
     return model
-
-
-_FIXTURE_EXTRAS = {"input", "logits", "probs", "logits_f64", "probs_f64"}
-
-
-def _bn_class():
-    import keras
-    return keras.layers.BatchNormalization
 
 
 def _invert(d):
