@@ -63,3 +63,13 @@ def test_cli_converts_a_saved_model(tmp_path, capsys):
     x = np.random.RandomState(1).normal(size=(2, 4, 32, 32, 3)).astype("float32")
     want = model(x, training=False).numpy()
     assert np.abs(lite.run_tflite(out, x) - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_fixed_window_head_converts():
+    # The reference head (window pooling, per-position softmax mean) in LiteRT: 2x2 positions.
+    model = vov3d_tf.create_model("vov3d_m", 4, base_width=8, blocks=(1, 1, 1, 1), num_conv=2,
+                                  head_pool_size=(4, 1, 1))
+    x = np.random.RandomState(3).normal(size=(1, 4, 64, 64, 3)).astype("float32")
+    want = model(x, training=False).numpy()
+    got = lite.run_tflite(lite.to_tflite(model, frames=4, height=64), x)
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())

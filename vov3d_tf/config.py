@@ -48,6 +48,10 @@ class ModelConfig:
     num_conv: Optional[int] = field(default=None, metadata=_positive())  # VoV3D only
     blocks: Optional[tuple[int, ...]] = field(default=None, metadata={"length": 4, **_positive()})
     dropout_rate: float = field(default=0.5, metadata=_range(0.0, 1.0, hi_open=True))
+    # null: global average pooling in the head; [t, h, w]: the reference's fixed window, e.g.
+    # [16, 7, 7] for 16x224 training clips (matches its output at larger test crops, §6).
+    head_pool_size: Optional[tuple[int, ...]] = field(default=None,
+                                                      metadata={"length": 3, **_positive()})
 
 
 @dataclass(frozen=True)

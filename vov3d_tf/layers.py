@@ -345,6 +345,63 @@ class GlobalAveragePool(keras.layers.Layer):
         return {**super().get_config(), "keepdims": self.keepdims}
 
 
+def _window_mean(x, axis, window):
+    """Mean of every `window` consecutive entries along `axis` (stride 1, no padding); a window
+    longer than the axis is clipped to it. Cumulative sums, so the axis length may be dynamic."""
+    n = tf.shape(x)[axis]
+    k = tf.minimum(window, n)
+    zeros_shape = tf.tensor_scatter_nd_update(tf.shape(x), [[axis]], [1])
+    cs = tf.concat([tf.zeros(zeros_shape, x.dtype), tf.cumsum(x, axis=axis)], axis=axis)
+    upper = tf.gather(cs, tf.range(k, n + 1), axis=axis)
+    lower = tf.gather(cs, tf.range(0, n - k + 1), axis=axis)
+    return (upper - lower) / tf.cast(k, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class WindowAveragePool(keras.layers.Layer):
+    """Average over every `pool_size` = (t, h, w) window, stride 1, no padding: the reference
+    head's fixed `AvgPool3d` (ARCHITECTURE.md §6). A window larger than the feature map is
+    clipped to it (the reference would fail there), so at or below the training clip geometry
+    this is global pooling with one output position."""
+
+    def __init__(self, pool_size, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = tuple(int(v) for v in pool_size)
+
+    def call(self, x):
+        for axis, window in zip((1, 2, 3), self.pool_size):
+            x = _window_mean(x, axis, window)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        dims = [None if n is None else n - min(k, n) + 1
+                for n, k in zip(input_shape[1:4], self.pool_size)]
+        return (input_shape[0], *dims, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size)}
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class MeanOfSoftmaxes(keras.layers.Layer):
+    """Per-position logits (B, T', H', W', K) -> (B, K): the logits themselves when there is one
+    position, else log(mean over positions of softmax), whose softmax is the reference head's
+    evaluation output (the average of the positions' class probabilities, §6)."""
+
+    def call(self, x):
+        flat = tf.reshape(x, tf.stack([tf.shape(x)[0], -1, tf.shape(x)[-1]]))
+        positions = tf.shape(flat)[1]
+
+        def mean_of_softmaxes():
+            log_p = tf.nn.log_softmax(flat, axis=-1)
+            return (tf.reduce_logsumexp(log_p, axis=1)
+                    - tf.math.log(tf.cast(positions, flat.dtype)))
+        return tf.cond(tf.equal(positions, 1), lambda: flat[:, 0], mean_of_softmaxes)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
 @keras.saving.register_keras_serializable(package="vov3d_tf")
 class BatchNorm(keras.layers.BatchNormalization):
     """Keras BatchNormalization whose training step runs TF's fused kernel.
@@ -483,19 +540,29 @@ def apply_x3d_block(x, inner, width, *, stride, use_se, fold_bn, name):
     return keras.layers.ReLU(name=name + "_relu")(out)
 
 
-def apply_head(x, conv5_width, lin5_width, num_classes, *, dropout_rate, fold_bn, name="head"):
-    """X3D head (ARCHITECTURE.md §6) with global average pooling::
+def apply_head(x, conv5_width, lin5_width, num_classes, *, dropout_rate, fold_bn, pool_size=None,
+               name="head"):
+    """X3D head (ARCHITECTURE.md §6)::
 
         1x1x1 (conv_5) BN ReLU -> mean over T,H,W -> linear (lin_5, no bias) ReLU
           -> dropout -> linear (projection, bias) -> logits
+
+    With `pool_size` (t, h, w) the mean is the reference's fixed-window average instead (stride 1)
+    and lin_5 / projection run at every window position; several positions (a test crop larger
+    than the training crop) give log(mean of the positions' softmaxes), see `MeanOfSoftmaxes`.
     """
     x = apply_conv_bn(x, PointwiseConv3D, name + "_conv_5", fold_bn=fold_bn, activation="relu",
                       filters=conv5_width)
-    x = GlobalAveragePool(name=name + "_pool")(x)
+    if pool_size is None:
+        x = GlobalAveragePool(name=name + "_pool")(x)
+    else:
+        x = WindowAveragePool(pool_size, name=name + "_pool")(x)
     x = PointwiseConv3D(lin5_width, activation="relu", name=name + "_lin_5")(x)
     if dropout_rate:
         x = keras.layers.Dropout(dropout_rate, name=name + "_dropout")(x)
     x = PointwiseConv3D(num_classes, use_bias=True,
                         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
                         name=name + "_projection")(x)
+    if pool_size is not None:
+        x = MeanOfSoftmaxes(name=name + "_positions")(x)
     return keras.layers.Activation("linear", dtype="float32", name="logits")(x)

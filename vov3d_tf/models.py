@@ -72,7 +72,7 @@ class VideoClassifier(keras.Model):
     """
 
     def __init__(self, family, num_classes, base_width, blocks, num_conv=5, dropout_rate=0.5,
-                 fold_bn=False, input_shape=(None, None, None, 3), **kwargs):
+                 fold_bn=False, input_shape=(None, None, None, 3), head_pool_size=None, **kwargs):
         if family not in ("vov3d", "x3d"):
             raise ValueError(f"family must be 'vov3d' or 'x3d', got {family!r}")
         _check_positive_ints("num_classes", num_classes)
@@ -85,6 +85,11 @@ class VideoClassifier(keras.Model):
         if family == "vov3d" and base_width % 2:
             raise ValueError(f"VoV3D base_width must be even (units project to width/2), "
                              f"got {base_width}")
+        if head_pool_size is not None:
+            _check_positive_ints("head_pool_size", list(head_pool_size)
+                                 if isinstance(head_pool_size, (list, tuple)) else head_pool_size,
+                                 length=3)
+            head_pool_size = tuple(head_pool_size)
         input_shape = tuple(input_shape)
         if len(input_shape) != 4 or input_shape[-1] != 3:
             raise ValueError(f"input_shape must be (T, H, W, 3), got {input_shape!r}")
@@ -108,7 +113,8 @@ class VideoClassifier(keras.Model):
                     x = L.apply_x3d_block(x, inner, width, stride=stride, use_se=j % 2 == 0,
                                           fold_bn=fold_bn, name=name)
         outputs = L.apply_head(x, conv5_width, HEAD_LIN5_WIDTH, num_classes,
-                               dropout_rate=dropout_rate, fold_bn=fold_bn)
+                               dropout_rate=dropout_rate, fold_bn=fold_bn,
+                               pool_size=head_pool_size)
         kwargs.setdefault("name", family)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.family = family
@@ -119,12 +125,14 @@ class VideoClassifier(keras.Model):
         self.dropout_rate = dropout_rate
         self.fold_bn = fold_bn
         self.frames_shape = input_shape
+        self.head_pool_size = head_pool_size
 
     def get_config(self):
         return {"family": self.family, "num_classes": self.num_classes,
                 "base_width": self.base_width, "blocks": list(self.blocks),
                 "num_conv": self.num_conv, "dropout_rate": self.dropout_rate,
                 "fold_bn": self.fold_bn, "input_shape": list(self.frames_shape),
+                "head_pool_size": self.head_pool_size and list(self.head_pool_size),
                 "name": self.name, "trainable": self.trainable}
 
     @classmethod
@@ -133,7 +141,7 @@ class VideoClassifier(keras.Model):
 
 
 OVERRIDES = ("base_width", "num_conv", "blocks", "dropout_rate", "fold_bn", "input_shape",
-             "name")
+             "head_pool_size", "name")
 
 
 def create_model(name, num_classes, **overrides):
@@ -141,7 +149,9 @@ def create_model(name, num_classes, **overrides):
 
     Overrides (for width/depth search): `base_width` (VoV3D c / X3D DIM_C1), `num_conv`
     (D(2+1)D units per T-OSA, VoV3D only), `blocks` (4 ints, blocks per stage s2..s5),
-    `dropout_rate`, `fold_bn`, `input_shape` (T, H, W, 3; None for any).
+    `dropout_rate`, `fold_bn`, `input_shape` (T, H, W, 3; None for any), `head_pool_size`
+    (None: global pooling; (t, h, w): the reference head's fixed window, e.g. (16, 7, 7) for
+    16x224 training clips, which reproduces its multi-position output at larger test crops).
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")

@@ -57,10 +57,10 @@ class TrainingDiverged(FloatingPointError):
 def model_from_config(model_cfg, input_shape=None):
     """`ModelConfig` -> `create_model(...)`; null overrides keep the variant's defaults."""
     overrides = {"dropout_rate": model_cfg.dropout_rate}
-    for key in ("base_width", "num_conv", "blocks"):
+    for key in ("base_width", "num_conv", "blocks", "head_pool_size"):
         value = getattr(model_cfg, key)
         if value is not None:
-            overrides[key] = tuple(value) if key == "blocks" else value
+            overrides[key] = tuple(value) if key in ("blocks", "head_pool_size") else value
     if input_shape is not None:
         overrides["input_shape"] = tuple(input_shape)
     return create_model(model_cfg.name, model_cfg.num_classes, **overrides)
