@@ -191,8 +191,9 @@ def main(argv=None):
     p.add_argument("--num-classes", type=int, default=174)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--runtimes", type=lambda s: s.split(","), default=["tf", "litert"],
-                   help="inference runtimes: tf, litert (default both)")
+    p.add_argument("--runtimes", type=lambda s: s.split(","), default=None,
+                   help="inference runtimes: tf, litert (default: both; tf alone when the "
+                        "LiteRT runtime is not installed)")
     p.add_argument("--threads", type=int, default=0,
                    help="TF / LiteRT threads (0: TF default, all cores for LiteRT)")
     p.add_argument("--peer", help="path of torch_peer.py to run beside each case")
@@ -207,6 +208,12 @@ def main(argv=None):
         p.error(f"unknown model(s) {bad}; allowed: {', '.join(MODEL_NAMES)}")
     if args.runs < 5:
         p.error("--runs must be >= 5 (the reported figure is a median)")
+    if args.runtimes is None:
+        args.runtimes = ["tf", "litert"]
+        if importlib.util.find_spec("ai_edge_litert") is None:
+            args.runtimes = ["tf"]
+            print("vov3d_tf.bench: LiteRT is not installed (pip install -e '.[lite]'): "
+                  "timing the TensorFlow runtime only", file=sys.stderr)
     bad = [r for r in args.runtimes if r not in RUNTIMES]
     if bad or not args.runtimes:
         p.error(f"unknown runtime(s) {bad}; allowed: {', '.join(RUNTIMES)}")
