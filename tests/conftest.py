@@ -21,3 +21,11 @@ def parity_npz():
     import numpy as np
     with np.load(PARITY) as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def parity_weights(parity_npz):
+    """The fixture's weights alone, under the official PyTorch names."""
+    return {k: v for k, v in parity_npz.items()
+            if not (k.startswith("feat_") or k in ("input", "logits", "probs", "logits_f64",
+                                                   "probs_f64"))}

@@ -6,14 +6,8 @@ import vov3d_tf
 from vov3d_tf.convert import convert, keras_layer_name, load_torch_weights, main, torch_module_name
 
 
-def _weights_only(npz):
-    return {k: v for k, v in npz.items()
-            if not (k.startswith("feat_") or k in ("input", "logits", "probs", "logits_f64",
-                                                   "probs_f64"))}
-
-
-def test_name_mapping_round_trips(parity_npz):
-    modules = {k.rpartition(".")[0] for k in _weights_only(parity_npz)}
+def test_name_mapping_round_trips(parity_weights):
+    modules = {k.rpartition(".")[0] for k in parity_weights}
     assert len(modules) > 300
     model = vov3d_tf.create_model("vov3d_m", 10)
     layer_names = {l.name for l in model.layers if l.weights}
@@ -25,8 +19,8 @@ def test_name_mapping_round_trips(parity_npz):
         assert keras_layer_name(torch_module_name(name, "x3d"), "x3d") == name
 
 
-def test_errors_list_missing_unexpected_and_misshaped_keys(parity_npz):
-    state = _weights_only(parity_npz)
+def test_errors_list_missing_unexpected_and_misshaped_keys(parity_weights):
+    state = dict(parity_weights)  # edited below; the fixture is shared
     del state["s3.pathway0_res1.branch2.layers.2.b1.weight"]
     state["s3.pathway0_res1.branch2.layers.9.a.0.weight"] = np.zeros((80, 40, 1, 1, 1))
     state["head.projection.weight"] = np.zeros((11, 2048), "float32")
@@ -39,17 +33,17 @@ def test_errors_list_missing_unexpected_and_misshaped_keys(parity_npz):
     assert "1 mis-shaped key(s)" in msg and "head.projection.weight: got (11, 2048)" in msg
 
 
-def test_wrong_class_count_is_reported(parity_npz, tmp_path):
+def test_wrong_class_count_is_reported(parity_weights, tmp_path):
     path = tmp_path / "w.npz"
-    np.savez(path, **_weights_only(parity_npz))
+    np.savez(path, **parity_weights)
     with pytest.raises(ValueError, match="head.projection.bias: got \\(10,\\)"):
         convert(str(path), "vov3d_m", 174)
 
 
-def test_pth_checkpoint_and_cli(parity_npz, tmp_path, capsys):
+def test_pth_checkpoint_and_cli(parity_npz, parity_weights, tmp_path, capsys):
     torch = pytest.importorskip("torch", reason="the `convert` extra (PyTorch) is not installed")
     import keras
-    state = {k: torch.from_numpy(v) for k, v in _weights_only(parity_npz).items()}
+    state = {k: torch.from_numpy(v) for k, v in parity_weights.items()}
     state["s1.pathway0_stem.bn.num_batches_tracked"] = torch.tensor(5)
     pth = tmp_path / "ckpt.pyth"
     torch.save({"model_state": state, "epoch": 3}, pth)

@@ -9,15 +9,9 @@ from vov3d_tf.convert import load_torch_weights
 pytest.importorskip("ai_edge_litert", reason="the `lite` extra (ai-edge-litert) is not installed")
 
 
-def _weights_only(npz):
-    return {k: v for k, v in npz.items()
-            if not (k.startswith("feat_") or k in ("input", "logits", "probs", "logits_f64",
-                                                   "probs_f64"))}
-
-
-def test_official_weights_reproduce_reference_logits(parity_npz, tmp_path):
+def test_official_weights_reproduce_reference_logits(parity_npz, parity_weights, tmp_path):
     model = vov3d_tf.create_model("vov3d_m", 10)
-    load_torch_weights(model, _weights_only(parity_npz))
+    load_torch_weights(model, parity_weights)
     x = parity_npz["input"].transpose(0, 2, 3, 4, 1)  # NCTHW -> NTHWC: (2, 8, 112, 112, 3)
     path = lite.save_tflite(model, tmp_path / "m" / "vov3d_m.tflite", frames=8, height=112,
                             batch_size=2)

@@ -350,8 +350,8 @@ def _window_mean(x, axis, window):
     longer than the axis is clipped to it. Cumulative sums, so the axis length may be dynamic."""
     n = tf.shape(x)[axis]
     k = tf.minimum(window, n)
-    zeros_shape = tf.tensor_scatter_nd_update(tf.shape(x), [[axis]], [1])
-    cs = tf.concat([tf.zeros(zeros_shape, x.dtype), tf.cumsum(x, axis=axis)], axis=axis)
+    paddings = [[1, 0] if a == axis else [0, 0] for a in range(len(x.shape))]
+    cs = tf.pad(tf.cumsum(x, axis=axis), paddings)  # cs[i] = sum of the first i entries
     upper = tf.gather(cs, tf.range(k, n + 1), axis=axis)
     lower = tf.gather(cs, tf.range(0, n - k + 1), axis=axis)
     return (upper - lower) / tf.cast(k, x.dtype)
