@@ -16,7 +16,7 @@ not import TensorFlow):
 
 Why: a process that imports TensorFlow holds ~650 MiB before the first tensor (its libraries),
 while LiteRT with XNNPACK needs ~35 MiB and plans every activation buffer ahead, so a whole
-VoV3D-M 16x224x224 inference fits in ~215 MiB at batch 1 (see README for the measured figures).
+VoV3D-M 16x224x224 inference peaks at ~195 MiB at batch 1 (see README for the measured figures).
 Outputs equal the Keras model's to float32 rounding (tested against the official logits).
 Fixed shapes: convert once per deployed clip shape and batch size; `--batch 0` keeps the batch
 dimension dynamic (resize it with `interpreter.resize_tensor_input`), which is slower.
@@ -26,13 +26,6 @@ import os
 import sys
 
 
-def _check_positive(**dims):
-    for name, value in dims.items():
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1):
     """Float32 `.tflite` bytes of `model` (a `VideoClassifier`; BN is folded first) for inputs
     `(batch_size, frames, height, width, 3)`. `batch_size=None` leaves the batch dynamic."""
@@ -40,9 +33,13 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1):
     import tensorflow as tf
 
     from vov3d_tf.inference import fold_batchnorm
+    from vov3d_tf.models import _check_positive_ints
 
     width = height if width is None else width
-    _check_positive(frames=frames, height=height, width=width, batch_size=batch_size)
+    for name, value in (("frames", frames), ("height", height), ("width", width),
+                        ("batch_size", batch_size)):
+        if value is not None:
+            _check_positive_ints(name, value)
     folded = fold_batchnorm(model)
     inputs = keras.Input((frames, height, width, 3), batch_size=batch_size, name="clips")
     wrapper = keras.Model(inputs, folded(inputs, training=False), name=folded.name)
@@ -99,20 +96,13 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224, help="crop height and width")
     p.add_argument("--batch", type=int, default=1, help="clips per call (0: dynamic batch)")
     args = p.parse_args(argv)
-    import keras
+    from vov3d_tf.serving import load_trained_model
 
-    import vov3d_tf  # noqa: F401  (registers the custom layers)
-    from vov3d_tf.models import VideoClassifier
-
-    if not os.path.exists(args.weights):
-        p.error(f"weights file not found: {args.weights}")
-    model = keras.models.load_model(args.weights, compile=False)
-    if not isinstance(model, VideoClassifier):
-        p.error(f"{args.weights}: expected a vov3d_tf VideoClassifier, got {type(model).__name__}")
     try:
+        model = load_trained_model(args.weights)
         path = save_tflite(model, args.output, frames=args.frames, height=args.size,
                            batch_size=args.batch or None)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     shape = (args.batch or "dynamic", args.frames, args.size, args.size, 3)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB): input {shape} float32 "

@@ -421,9 +421,10 @@ def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=T
     return final
 
 
-def load_trained_model(weights, model_cfg):
+def load_trained_model(weights, model_cfg=None):
     """Model for export from `weights`: a `.keras` file (architecture included; its class count
-    must equal `model_cfg.num_classes`) or a `.weights.h5` file for the config's architecture.
+    must equal `model_cfg.num_classes` when a config is given) or a `.weights.h5` file for the
+    config's architecture.
     """
     import keras
 
@@ -439,12 +440,15 @@ def load_trained_model(weights, model_cfg):
         if not isinstance(model, VideoClassifier):
             raise ValueError(f"{weights}: expected a vov3d_tf VideoClassifier, got "
                              f"{type(model).__name__}")
-        if model.num_classes != model_cfg.num_classes:
+        if model_cfg is not None and model.num_classes != model_cfg.num_classes:
             raise ValueError(f"{weights}: the model has {model.num_classes} classes but the "
                              f"config's model.num_classes is {model_cfg.num_classes} (fix the "
                              f"config or pass --set model.num_classes={model.num_classes})")
         return model
     if weights.endswith(".weights.h5"):
+        if model_cfg is None:
+            raise ValueError(f"{weights}: a .weights.h5 file needs the config's architecture; "
+                             f"pass a .keras model")
         model = model_from_config(model_cfg)
         model.load_weights(weights)
         return model
