@@ -124,7 +124,7 @@ class WindowStream:
         self.max_buffered = 0
 
     def _start(self, j):
-        return j * self.stride
+        return j * self.stride if j else 0.0  # (an infinite stride: one window)
 
     def __iter__(self):
         buf = collections.deque()  # (time, frame) of window j, oldest first
