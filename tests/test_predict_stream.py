@@ -127,12 +127,22 @@ def test_windows_hold_only_one_window_of_frames():
         stream.WindowStream(iter(()), window=1, stride=0)
 
 
-def _window_probs(runtime, *, window=1.0, stride=0.5, batch=3):
-    windows = stream.sliding_windows(VIDEO, window=window, stride=stride, short_side=SHORT)
+def _window_probs(runtime, *, batch=2):
+    windows = stream.sliding_windows(VIDEO, window=2, stride=1, short_side=SHORT)
     return [(w, p) for w, p in predict.predict_windows(runtime, windows, batch=batch)]
 
 
-def _check_windows_equal_cut_files(runtime, results, tmp, picks=(0, 3, 6)):
+@pytest.fixture(scope="module")
+def keras_runtime(setup):
+    return predict.load_runtime(setup["weights"], setup["cfg"])
+
+
+@pytest.fixture(scope="module")
+def keras_results(keras_runtime):
+    return _window_probs(keras_runtime)
+
+
+def _check_windows_equal_cut_files(runtime, results, tmp, picks=(0, 2)):
     for k in picks:
         w, p = results[k]
         path = str(tmp / f"cut_{type(runtime).__name__}_{k}.mkv")
@@ -141,26 +151,23 @@ def _check_windows_equal_cut_files(runtime, results, tmp, picks=(0, 3, 6)):
         np.testing.assert_allclose(p, alone, atol=1e-5)
 
 
-def test_keras_window_equals_the_window_cut_as_a_file(setup):
+def test_keras_window_equals_the_window_cut_as_a_file(setup, keras_runtime, keras_results):
     cfg, tmp = setup["cfg"], setup["tmp"]
-    runtime = predict.load_runtime(setup["weights"], cfg)
-    results = _window_probs(runtime)
-    assert [(w.index, w.start, len(w.frames)) for w, _ in results] == [
-        (k, k * 0.5, 30) for k in range(7)]
-    for k in (0, 3, 6):  # also = the documented whole-file predict on the cut file
-        w, p = results[k]
+    # Windows [0, 2), [1, 3), [2, 4.004) s of the 4.004 s clip, 60 frames each.
+    assert [(w.index, w.start, round(w.end, 3), len(w.frames)) for w, _ in keras_results] == [
+        (0, 0.0, 2.0, 60), (1, 1.0, 3.0, 60), (2, 2.0, 4.0, 60)]
+    for k in (0, 2):  # = the documented whole-file predict on the window cut as a file
+        w, p = keras_results[k]
         path = str(tmp / f"cut_{k}.mkv")
-        assert cut(VIDEO, path, w.start, w.end) == 30
+        assert cut(VIDEO, path, w.start, w.end) == 60
         np.testing.assert_allclose(
-            p, predict.predict_video(setup["model"], path, cfg, short_side=SHORT), atol=1e-5)
-    # Batching windows does not change them.
-    single = _window_probs(runtime, batch=1)
-    np.testing.assert_allclose(np.stack([p for _, p in results]),
-                               np.stack([p for _, p in single]), atol=1e-6)
-    setup["keras_results"] = results
+            p, predict.predict_video(keras_runtime, path, cfg, short_side=SHORT), atol=1e-5)
+    probs = np.stack([p for _, p in keras_results])
+    assert probs.shape == (3, 6) and np.ptp(probs[:, 0]) > 1e-4  # windows differ
 
 
-def test_saved_model_window_equals_the_window_cut_as_a_file(setup):
+@pytest.mark.slow  # exporting takes ~30 s on 2 busy cores
+def test_saved_model_window_equals_the_window_cut_as_a_file(setup, keras_results):
     from vov3d_tf import serving
     cfg, tmp = setup["cfg"], setup["tmp"]
     export = serving.export_saved_model(
@@ -170,61 +177,63 @@ def test_saved_model_window_equals_the_window_cut_as_a_file(setup):
     assert runtime.path == export and runtime.labels == LABELS
     results = _window_probs(runtime)
     _check_windows_equal_cut_files(runtime, results, tmp)
-    keras_results = setup.get("keras_results") or _window_probs(
-        predict.load_runtime(setup["weights"], cfg))
     np.testing.assert_allclose(np.stack([p for _, p in results]),
                                np.stack([p for _, p in keras_results]), atol=1e-5)
 
 
-def test_tflite_window_equals_the_window_cut_as_a_file(setup):
+@pytest.mark.slow  # converting takes ~20 s on 2 busy cores
+def test_tflite_window_equals_the_window_cut_as_a_file(setup, keras_results):
     pytest.importorskip("ai_edge_litert")
     from vov3d_tf.lite import save_tflite
     cfg, tmp = setup["cfg"], setup["tmp"]
     path = save_tflite(setup["model"], tmp / "tiny.tflite", frames=4, height=48, batch_size=4)
     runtime = predict.load_runtime(path, cfg)
-    results = _window_probs(runtime)  # 3 windows x 6 views per call: padded batches of 4
+    results = _window_probs(runtime)  # 2 windows x 6 views per call: batches of 4, padded
     _check_windows_equal_cut_files(runtime, results, tmp)
-    keras_results = setup.get("keras_results") or _window_probs(
-        predict.load_runtime(setup["weights"], cfg))
     np.testing.assert_allclose(np.stack([p for _, p in results]),
                                np.stack([p for _, p in keras_results]), atol=1e-5)
     wrong = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_frames=8))
-    with pytest.raises(ValueError, match=r"takes clips \(4, 4, 48, 48, 3\).*\(views, 8, 48, 48, 3\)"):
+    with pytest.raises(ValueError, match=r"takes clips \(4, 4, 48, 48, 3\).*"
+                                         r"\(views, 8, 48, 48, 3\)"):
         predict.load_runtime(path, wrong)
 
 
-def test_cli_writes_windows_and_the_whole_video(setup, tmp_path, capsys):
-    args = [VIDEO, "--config", setup["config"], "--short-side", str(SHORT), "--window", "1",
-            "--stride", "0.5", "--top-k", "3"]
-    out_csv, out_jsonl = str(tmp_path / "w.csv"), str(tmp_path / "w.jsonl")
-    assert predict.main(args + ["--output", out_csv]) == 0
-    assert f"{VIDEO} (7 windows, mean of the window probabilities):" in capsys.readouterr().out
-    assert predict.main(args + ["--output", out_jsonl, "--batch", "2"]) == 0
-    with open(out_csv, newline="") as f:
+def test_cli_writes_windows_and_the_whole_video(setup, keras_results, tmp_path, capsys):
+    out = str(tmp_path / "w.csv")
+    assert predict.main([VIDEO, "--config", setup["config"], "--short-side", str(SHORT),
+                         "--window", "2", "--stride", "1", "--top-k", "3", "--batch", "1",
+                         "--output", out]) == 0
+    assert f"{VIDEO} (3 windows, mean of the window probabilities):" in capsys.readouterr().out
+    assert not os.path.exists(out + ".partial")
+    with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    with open(out_jsonl) as f:
-        lines = [json.loads(line) for line in f]
-    assert not os.path.exists(out_csv + ".partial")
     assert list(rows[0]) == ["window", "start", "end", "frames", "label_1", "index_1", "score_1",
                              "label_2", "index_2", "score_2", "label_3", "index_3", "score_3"]
     assert [(r["window"], r["start"], r["end"], r["frames"]) for r in rows] == [
-        (str(k), f"{k * 0.5:.3f}", f"{k * 0.5 + 1:.3f}", "30") for k in range(7)] + [
-        ("video", "0.000", "4.004", "120")]
-    runtime = predict.load_runtime(setup["weights"], setup["cfg"])
-    probs = np.stack([p for _, p in _window_probs(runtime)])
-    for row, line, p in zip(rows, lines, probs):
+        ("0", "0.000", "2.000", "60"), ("1", "1.000", "3.000", "60"),
+        ("2", "2.000", "4.000", "60"), ("video", "0.000", "4.004", "120")]
+    probs = np.stack([p for _, p in keras_results])
+    for row, p in zip(rows, [*probs, probs.mean(axis=0)]):  # the video: mean of the windows
         order = np.argsort(-p, kind="stable")[:3]
         assert [row[f"label_{r}"] for r in (1, 2, 3)] == [LABELS[k] for k in order]
-        assert line["labels"] == [LABELS[k] for k in order] and line["indices"] == order.tolist()
+        assert [int(row[f"index_{r}"]) for r in (1, 2, 3)] == order.tolist()
         np.testing.assert_allclose([float(row[f"score_{r}"]) for r in (1, 2, 3)], p[order],
                                    atol=2e-6)
-        np.testing.assert_allclose(line["scores"], p[order], atol=2e-6)
-    mean = probs.mean(axis=0)
-    order = np.argsort(-mean, kind="stable")[:3]
-    assert lines[-1]["window"] == "video" and lines[-1]["indices"] == order.tolist()
-    assert lines[-1]["aggregate"] == "mean of the window probabilities"
-    np.testing.assert_allclose(lines[-1]["scores"], mean[order], atol=2e-6)
-    assert rows[-1]["label_1"] == LABELS[order[0]]
+
+
+def test_json_lines_rows(tmp_path):
+    writer = predict._Writer(str(tmp_path / "w.jsonl"), 2)
+    writer.row(0, 0.0, 2.0, 60, [(4, "e", 0.75), (1, "b", 0.125)])
+    writer.row("video", 0.0, 4.004, 120, [(1, "b", 0.5), (4, "e", 0.25)])
+    assert os.path.exists(writer.tmp) and not os.path.exists(writer.path)
+    writer.finish()
+    with open(writer.path) as f:
+        lines = [json.loads(line) for line in f]
+    assert lines == [
+        {"window": 0, "start": 0.0, "end": 2.0, "frames": 60, "labels": ["e", "b"],
+         "indices": [4, 1], "scores": [0.75, 0.125]},
+        {"window": "video", "start": 0.0, "end": 4.004, "frames": 120, "labels": ["b", "e"],
+         "indices": [1, 4], "scores": [0.5, 0.25], "aggregate": "mean of the window probabilities"}]
 
 
 def test_cli_errors(setup, tmp_path, capsys):

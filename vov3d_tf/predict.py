@@ -97,13 +97,27 @@ class KerasRuntime:
         self.labels = labels
         self.num_views = view_kwargs["num_clips"] * view_kwargs["num_crops"]
         self._views = _views_fn(view_kwargs)
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        shape = [None, view_kwargs["num_frames"], view_kwargs["crop_size"],
+                 view_kwargs["crop_size"], 3]
+        self._model = model
+        self._view_kwargs = view_kwargs
+        self._forward = tf.function(lambda x: model(x, training=False),
+                                    input_signature=[tf.TensorSpec(shape, tf.float32)])
+        self._calls = 0
 
     def probabilities(self, videos):
         import tensorflow as tf
-        views = tf.stack([self._views(tf.constant(v)) for v in videos])  # (B, V, T, c, c, 3)
+        from vov3d_tf.data import preprocess
+
+        # The first call runs eagerly (one whole file: tracing would cost more than it saves);
+        # later calls (windows of a stream) run the traced functions.
+        eager = self._calls == 0
+        self._calls += 1
+        views = tf.stack([preprocess.eval_views(tf.constant(v), **self._view_kwargs) if eager
+                          else self._views(tf.constant(v)) for v in videos])  # (B, V, T, c, c, 3)
         flat = tf.reshape(views, [-1, *views.shape[2:]])
-        probs = tf.nn.softmax(tf.cast(self._forward(flat), tf.float32), axis=-1)
+        logits = self._model(flat, training=False) if eager else self._forward(flat)
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         return tf.reduce_mean(tf.reshape(probs, [len(videos), self.num_views, -1]), axis=1).numpy()
 
 
@@ -395,6 +409,9 @@ def main(argv=None):
             names = None  # the export's own list
         else:
             names = class_names(cfg)
+        probe = stream.iter_frames(args.video, short_side=args.short_side, fps=args.fps)
+        next(probe)  # an unreadable video fails here, before the model is loaded
+        probe.close()
         runtime = load_runtime(weights, cfg)
         names = names or runtime.labels
         if names is not None and len(names) != runtime.num_classes:
