@@ -42,8 +42,8 @@ AGGREGATE = "mean of the window probabilities"
 
 def view_kwargs(cfg):
     """Keyword arguments of `preprocess.eval_views` for the config's multi-view test."""
-    from vov3d_tf.serving import spec_from_config
-    return spec_from_config(cfg, multi_view=True).view_kwargs()
+    from vov3d_tf.adapters import eval_view_kwargs
+    return eval_view_kwargs(cfg, multi_view=True)
 
 
 def _read(path, *, fps, short_side):
@@ -178,7 +178,8 @@ class SavedModelRuntime:
 
     def __init__(self, path):
         import tensorflow as tf
-        from vov3d_tf.serving import EXPORT_INFO_FILE, LABELS_ASSET, SIGNATURE_FRAMES, read_labels
+        from vov3d_tf.data.labels import read_labels
+        from vov3d_tf.serving import EXPORT_INFO_FILE, LABELS_ASSET, SIGNATURE_FRAMES
 
         self.path = _saved_model_version(os.fspath(path))
         loaded = tf.saved_model.load(self.path)
@@ -391,7 +392,8 @@ def main(argv=None):
     from vov3d_tf.config import apply_overrides, config_from_dict, load_config
     from vov3d_tf.data import stream
     from vov3d_tf.data.video_io import VideoError
-    from vov3d_tf.training import class_names
+    from vov3d_tf.adapters import class_names
+    from vov3d_tf.data.labels import read_labels
 
     writer = None
     try:
@@ -403,8 +405,7 @@ def main(argv=None):
         if not os.path.exists(args.video):
             raise FileNotFoundError(f"video not found: {args.video!r}")
         if args.labels:
-            with open(args.labels, encoding="utf-8") as f:
-                names = [line.rstrip("\n") for line in f if line.strip()]
+            names = read_labels(args.labels)
         elif os.path.isdir(weights):
             names = None  # the export's own list
         else:
