@@ -6,7 +6,8 @@
 
 Training elements: (clips float32 (B, T, crop, crop, 3), labels int32 (B,)).
 Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = num_clips * num_crops,
-                   clip-major; sum the softmaxes of a video's V views.
+                   clip-major; sum the softmaxes of a video's V views. With `with_filename`:
+                   (views, labels, filenames string (B,)) (`video/filename`, for prediction files).
 """
 import collections
 import glob
@@ -153,7 +154,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                  seed=None, repeat=False,
                  num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
                  drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
-                 prefetch=None):
+                 prefetch=None, with_filename=False):
     """A tf.data pipeline over video shards.
 
     Args:
@@ -187,9 +188,14 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       num_parallel_calls: records processed at once (AUTOTUNE: up to one per core); each holds
         its output in memory (eval: V x T x c x c x 3 floats, 377 MB for 30 views at 256).
       prefetch: batches prepared ahead (default AUTOTUNE in training, 1 at eval).
+      with_filename: eval only: elements (views, labels, filenames), each video's
+        `video/filename`; a record without a label gets label -1 (hidden test labels, e.g. the
+        Something-Something test split) instead of counting as corrupt.
     """
     if sampling not in DEFAULTS:
         raise ValueError(f"sampling must be one of {tuple(DEFAULTS)}, got {sampling!r}")
+    if with_filename and training:
+        raise ValueError("with_filename is for evaluation (training=False)")
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
     for name, value in (("num_frames", num_frames), ("batch_size", batch_size),
@@ -265,6 +271,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                 sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
                 num_clips=num_clips, num_crops=num_crops,
                 segment_seed=aug_seed if random_test_segments else None)
+            if with_filename:
+                return views, (_label_or_unknown(rec), rec["filename"])
             return views, _first_label(rec, path, index)
 
     def safe_process(path, index, serialized, aug_seed):
@@ -272,7 +280,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         # the pipeline, and the bad one is reported with its file and index.
         good = tf.data.Dataset.from_tensors((path, index, serialized, aug_seed)).map(
             lambda *a: (*process(*a), tf.constant(True), a[0], a[1])).ignore_errors()
-        bad = tf.data.Dataset.from_tensors((tf.zeros([0] * len(out_shape)), tf.constant(-1),
+        no_label = (tf.constant(-1), tf.constant("")) if with_filename else tf.constant(-1)
+        bad = tf.data.Dataset.from_tensors((tf.zeros([0] * len(out_shape)), no_label,
                                             tf.constant(False), path, index))
         return good.concatenate(bad).take(1)
 
@@ -291,7 +300,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
     ds = ds.interleave(safe_process, cycle_length=_parallelism(num_parallel_calls),
                        block_length=1, num_parallel_calls=num_parallel_calls,
                        deterministic=deterministic)
-    ds = ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape), y))
+    ds = ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape),
+                                                     *(y if with_filename else (y,))))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -304,6 +314,12 @@ def _parallelism(num_parallel_calls):
     if num_parallel_calls == AUTOTUNE:
         return max(os.cpu_count() or 1, 2)
     return int(num_parallel_calls)
+
+
+def _label_or_unknown(rec):
+    """The first label, or -1 for a record without one (hidden test labels)."""
+    return tf.cond(tf.size(rec["labels"]) > 0, lambda: tf.cast(rec["labels"][0], tf.int32),
+                   lambda: tf.constant(-1, tf.int32))
 
 
 def _first_label(rec, path, index):
