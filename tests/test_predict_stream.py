@@ -254,14 +254,19 @@ def test_cli_errors(setup, tmp_path, capsys):
     assert f"error: {bad}: cannot open" in capsys.readouterr().err
 
 
+_PEAK = ("import sys; from vov3d_tf import predict; rc = predict.main(sys.argv[1:]); "
+         "print('VmHWM', *[l.split()[1] for l in open('/proc/self/status') "
+         "if l.startswith('VmHWM')]); sys.exit(rc)")
+
+
 def _peak_rss_mib(args):
-    """Run `python -m vov3d_tf.predict ARGS` in a subprocess; its own peak RSS in MiB."""
-    proc = subprocess.Popen([sys.executable, "-m", "vov3d_tf.predict", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
-    _, status, usage = os.wait4(proc.pid, 0)
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
-    assert os.waitstatus_to_exitcode(status) == 0, err[-2000:]
-    return usage.ru_maxrss / 1024, out
+    """Run `python -m vov3d_tf.predict ARGS` in a subprocess; its peak RSS (VmHWM) in MiB.
+    (Not the parent's rusage of the child: Linux carries the forking parent's peak into it.)"""
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True,
+                          env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line, = [x for x in proc.stdout.splitlines() if x.startswith("VmHWM ")]
+    return int(line.split()[1]) / 1024, proc.stdout
 
 
 @pytest.mark.slow

@@ -54,9 +54,15 @@ def _view_logits_fn(model, max_views=None):
     if isinstance(model, VideoClassifier) and not tf.distribute.has_strategy():
         model = fold_batchnorm(model)  # the fast inference form: same outputs (<= 1e-4)
 
-    @tf.function(reduce_retracing=True)
+    traced = {}  # clip shape -> forward pass traced once for any number of views
+
     def forward(flat):
-        return tf.cast(model(flat, training=False), tf.float32)
+        shape = tuple(flat.shape[1:])
+        if shape not in traced:
+            traced[shape] = tf.function(
+                lambda x: tf.cast(model(x, training=False), tf.float32),
+                input_signature=[tf.TensorSpec([None, *shape], flat.dtype)])
+        return traced[shape](flat)
 
     def view_logits(views):
         views = _as_views(tf.convert_to_tensor(views))
