@@ -389,11 +389,11 @@ def main(argv=None):
     if args.stride is not None and args.window is None:
         parser.error("--stride needs --window")
 
+    from vov3d_tf.adapters import class_names
     from vov3d_tf.config import apply_overrides, config_from_dict, load_config
     from vov3d_tf.data import stream
-    from vov3d_tf.data.video_io import VideoError
-    from vov3d_tf.adapters import class_names
     from vov3d_tf.data.labels import read_labels
+    from vov3d_tf.data.video_io import VideoError
 
     writer = None
     try:
