@@ -32,7 +32,7 @@ import time
 import keras
 import tensorflow as tf
 
-from vov3d_tf import evaluation
+from vov3d_tf import _compat, evaluation
 from vov3d_tf.adapters import class_names, model_from_config
 from vov3d_tf.config import config_to_dict, save_config
 from vov3d_tf.data.datasets import check_data, count_records, ensure_synthetic, make_datasets
@@ -125,7 +125,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
 def _no_decay_variables(model):
     """BatchNorm gamma/beta and every bias: excluded from weight decay."""
     out = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             out += layer.trainable_weights
         else:
@@ -161,7 +161,7 @@ def use_synchronized_batchnorm(model):
     saved model config is unchanged (inference does not use batch statistics).
     """
     n = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
             n += 1
@@ -305,8 +305,7 @@ def _build_for_multi_worker(model, strategy, element_spec):
     per-worker values is then their average, a scalar). Training math is unchanged.
     """
     with strategy.scope():
-        model._symbolic_build(data_batch=element_spec)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+        _compat.build_fit_state(model, element_spec)
     train_step = model.train_step
 
     def train_step_with_rank1_logs(data):
