@@ -139,7 +139,7 @@ def test_predictions_csv_with_filenames_and_hidden_labels(tmp_path):
 def test_views_cap_gives_the_same_logits_and_results(tmp_path):
     from vov3d_tf import create_model, fold_batchnorm
     tf.random.set_seed(1)
-    model = create_model("vov3d_m", 5, base_width=8, num_conv=2, blocks=(1, 1, 1, 1))
+    model = create_model("vov3d_m", 5, base_width=8, num_conv=1, blocks=(1, 1, 1, 1))
     w = model.get_layer("head_projection").get_weights()
     model.get_layer("head_projection").set_weights(
         [np.random.default_rng(0).normal(0, 0.5, w[0].shape).astype(np.float32), w[1]])
@@ -175,10 +175,10 @@ def test_eval_only_writes_predictions_csv(tmp_path):
     data = tmp_path / "data"
     write_synthetic_dataset(str(data), num_train=3, num_eval=5, num_frames=6, size=32,
                             num_classes=3, num_shards=1)
-    model = create_model("vov3d_m", 3, base_width=8, num_conv=2, blocks=(1, 1, 1, 1))
+    model = create_model("vov3d_m", 3, base_width=8, num_conv=1, blocks=(1, 1, 1, 1))
     model.save(tmp_path / "m.keras")
     cfg = config_from_dict({
-        "model": {"num_classes": 3, "base_width": 8, "num_conv": 2, "blocks": [1, 1, 1, 1]},
+        "model": {"num_classes": 3, "base_width": 8, "num_conv": 1, "blocks": [1, 1, 1, 1]},
         "data": {"train_files": f"{data}/train-*.tfrecord", "eval_files": f"{data}/eval-*.tfrecord",
                  "num_frames": 4, "crop_size": 32, "train_short_side": [32, 32],
                  "test_short_side": 32},
