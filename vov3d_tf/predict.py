@@ -34,6 +34,8 @@ import threading
 
 import numpy as np
 
+from vov3d_tf import runtime
+
 __all__ = ["video_views", "predict_video", "view_kwargs", "load_runtime", "KerasRuntime",
            "SavedModelRuntime", "TFLiteRuntime", "predict_windows", "main"]
 
@@ -65,8 +67,8 @@ def video_views(path, cfg, *, fps=None, short_side=256):
 
 def predict_video(model, path, cfg, *, fps=None, short_side=256):
     """Class probabilities (K,) of one video: mean of the softmax of its test views."""
-    runtime = model if hasattr(model, "probabilities") else KerasRuntime(model, view_kwargs(cfg))
-    return runtime.probabilities([_read(path, fps=fps, short_side=short_side)])[0]
+    engine = model if hasattr(model, "probabilities") else KerasRuntime(model, view_kwargs(cfg))
+    return engine.probabilities([_read(path, fps=fps, short_side=short_side)])[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,20 +283,20 @@ def _prefetched(iterable, size):
         thread.join(timeout=5)
 
 
-def predict_windows(runtime, windows, *, batch=4):
+def predict_windows(engine, windows, *, batch=4):
     """(Window, probabilities (K,)) for every window of `windows` (an iterable of
-    `stream.Window`), `batch` windows per model call; windows are prepared in a background
-    thread while the model runs."""
+    `stream.Window`) through `engine` (a `load_runtime` result), `batch` windows per model call;
+    windows are prepared in a background thread while the model runs."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     pending = []
     for window in _prefetched(windows, batch):
         pending.append(window)
         if len(pending) == batch:
-            yield from zip(pending, runtime.probabilities([w.frames for w in pending]))
+            yield from zip(pending, engine.probabilities([w.frames for w in pending]))
             pending = []
     if pending:
-        yield from zip(pending, runtime.probabilities([w.frames for w in pending]))
+        yield from zip(pending, engine.probabilities([w.frames for w in pending]))
 
 
 def _top_k(probs, k, names):
@@ -388,6 +390,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.stride is not None and args.window is None:
         parser.error("--stride needs --window")
+    runtime.configure()  # TF process settings, before the first tensor
 
     from vov3d_tf.adapters import class_names
     from vov3d_tf.config import apply_overrides, config_from_dict, load_config
@@ -413,11 +416,11 @@ def main(argv=None):
         probe = stream.iter_frames(args.video, short_side=args.short_side, fps=args.fps)
         next(probe)  # an unreadable video fails here, before the model is loaded
         probe.close()
-        runtime = load_runtime(weights, cfg)
-        names = names or runtime.labels
-        if names is not None and len(names) != runtime.num_classes:
-            raise ValueError(f"{len(names)} labels for a model with {runtime.num_classes} classes")
-        top_k = min(args.top_k, runtime.num_classes)
+        engine = load_runtime(weights, cfg)
+        names = names or engine.labels
+        if names is not None and len(names) != engine.num_classes:
+            raise ValueError(f"{len(names)} labels for a model with {engine.num_classes} classes")
+        top_k = min(args.top_k, engine.num_classes)
         if args.output:
             writer = _Writer(args.output, top_k)
         # Without --window the whole file is one window (all its frames held, as before).
@@ -426,7 +429,7 @@ def main(argv=None):
             stride=args.stride or args.window or float("inf"), short_side=args.short_side,
             fps=args.fps)
         total, count = None, 0
-        for w, p in predict_windows(runtime, windows, batch=args.batch):
+        for w, p in predict_windows(engine, windows, batch=args.batch):
             total = p.astype(np.float64) if total is None else total + p
             count += 1
             if args.window is None:

@@ -40,7 +40,7 @@ import traceback
 
 import keras_tuner as kt
 
-from vov3d_tf import _compat
+from vov3d_tf import _compat, runtime
 from vov3d_tf import tuner as search_space
 from vov3d_tf.config import config_to_dict, load_config, save_config
 
@@ -563,6 +563,7 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="delete <train.output_dir>/search and start over (default: resume)")
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     try:
         cfg = load_config(args.config, args.set)
         source = args.config + (f" (with --set {' '.join(args.set)})" if args.set else "")
