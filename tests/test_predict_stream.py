@@ -286,3 +286,22 @@ def test_an_hour_runs_in_the_memory_of_a_minute(setup, tmp_path):
           f"whole-file {rss_whole:.0f} MiB")
     assert rss_hour - rss_minute < 25, (rss_minute, rss_hour)
     assert rss_whole - rss_minute > 50, (rss_minute, rss_whole)  # the check can see the frames
+
+
+def test_errors_while_streaming_reach_the_caller():
+    class Engine:
+        def probabilities(self, videos):
+            return np.full((len(videos), 2), 0.5)
+
+    def windows():
+        for k in range(3):
+            yield stream.Window(k, float(k), k + 1.0, [b"x"])
+        raise VideoError("decoding failed after 3 frames: broken packet")
+
+    got = []
+    with pytest.raises(VideoError, match="broken packet"):
+        for w, p in predict.predict_windows(Engine(), windows(), batch=2):
+            got.append(w.index)
+    assert got == [0, 1]  # the full batch before the error was delivered
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        next(predict.predict_windows(Engine(), windows(), batch=0))
