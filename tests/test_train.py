@@ -138,8 +138,10 @@ def test_tiny_run_end_to_end_then_not_retrained(shards, tmp_path, capsys):
     # (top-5 of 3 classes is 1.0 whatever the model: the top-1 is recomputed by hand below)
     assert (result["num_videos"], result["num_views"]) == (8, 1)
     for name in ("config.json", "best.keras", "last.keras", "history.csv", "final_metrics.json",
-                 "per_class_accuracy.csv", "confusion_matrix.png"):
+                 "per_class_accuracy.csv", "confusion_matrix.png", "predictions.csv"):
         assert (out / name).exists(), name
+    with open(out / "predictions.csv") as f:  # the final test's per-video top-5
+        assert len(f.read().splitlines()) == 1 + 8
     assert load_config(str(out / "config.json")) == cfg
     with open(out / "history.csv") as f:
         rows = f.read().strip().splitlines()

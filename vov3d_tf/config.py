@@ -113,6 +113,9 @@ class EvalConfig:
     num_clips: int = field(default=2, metadata=_positive())
     num_crops: int = field(default=3, metadata={**_range(1, 3), "choices": preprocess.NUM_CROPS})
     every_epochs: int = field(default=0, metadata=_range(0))  # 0 = only after training
+    # Views per forward pass (null = a whole batch's batch_size x clips x crops views at once):
+    # bounds the activation memory of the test, same results (e.g. 6 for Kinetics' 30 views).
+    max_views_per_batch: Optional[int] = field(default=None, metadata=_positive())
 
 
 # ============================ search section (owned by the search engineer) ===================

@@ -2,8 +2,10 @@
 
 Multi-view test: every view (clip x spatial crop) of a video goes through the model in
 inference mode, the softmax of each view is **summed** per video (`ENSEMBLE_METHOD sum`) and
-top-1/top-5 are computed on the sum. `evaluate` also writes a per-class accuracy CSV and a
-confusion-matrix PNG when given an output folder.
+top-1/top-5 are computed on the sum. `evaluate` also writes a per-class accuracy CSV, a
+confusion-matrix PNG and `predictions.csv` (every video's top-k, the form a test-set submission
+is made from) when given an output folder. `max_views_per_batch` splits a batch's views into
+forward passes of at most that many views (same results, bounded activation memory).
 
 Precise BN (`BN.USE_PRECISE_STATS`): before the final evaluation the BatchNorm moving
 statistics are replaced by their average over N training batches, so they describe the final
@@ -19,7 +21,7 @@ import tensorflow as tf
 from vov3d_tf import _compat
 
 __all__ = ["evaluate", "multi_view_scores", "topk_accuracy", "precise_bn", "write_per_class_csv",
-           "plot_confusion_matrix"]
+           "write_predictions_csv", "plot_confusion_matrix"]
 
 
 def multi_view_scores(view_probs):
@@ -45,40 +47,67 @@ def _as_views(x):
     return x[:, None] if x.shape.rank == 5 else x
 
 
-def _view_probabilities_fn(model):
+def _view_logits_fn(model, max_views=None):
+    """views (B, V, T, H, W, 3) or clips (B, T, H, W, 3) -> float32 logits (B, V, K), at most
+    `max_views` views per forward pass (None: all at once)."""
     from vov3d_tf.inference import fold_batchnorm
     from vov3d_tf.models import VideoClassifier
 
     if isinstance(model, VideoClassifier) and not tf.distribute.has_strategy():
         model = fold_batchnorm(model)  # the fast inference form: same outputs (<= 1e-4)
 
-    @tf.function(reduce_retracing=True)
-    def view_probs(views):
-        views = _as_views(views)
-        shape = tf.shape(views)
-        flat = tf.reshape(views, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
-        logits = tf.cast(model(flat, training=False), tf.float32)
-        probs = tf.nn.softmax(logits, axis=-1)
-        return tf.reshape(probs, [shape[0], shape[1], -1])
-    return view_probs
+    traced = {}  # clip shape -> forward pass traced once for any number of views
+
+    def forward(flat):
+        shape = tuple(flat.shape[1:])
+        if shape not in traced:
+            traced[shape] = tf.function(
+                lambda x: tf.cast(model(x, training=False), tf.float32),
+                input_signature=[tf.TensorSpec([None, *shape], flat.dtype)])
+        return traced[shape](flat)
+
+    def view_logits(views):
+        views = _as_views(tf.convert_to_tensor(views))
+        b, v = int(views.shape[0]), int(views.shape[1])
+        flat = tf.reshape(views, [b * v, *views.shape[2:]])
+        step = b * v if max_views is None else max_views
+        logits = tf.concat([forward(flat[i:i + step]) for i in range(0, b * v, step)], axis=0)
+        return tf.reshape(logits, [b, v, -1])
+    return view_logits
+
+
+def _view_probabilities_fn(model, max_views=None):
+    view_logits = _view_logits_fn(model, max_views)
+    return lambda views: tf.nn.softmax(view_logits(views), axis=-1)
 
 
 def evaluate(model, dataset, num_classes, *, class_names=None, output_dir=None,
-             max_batches=None, verbose=True, prefix=""):
+             max_batches=None, verbose=True, prefix="", max_views_per_batch=None, top_k=5):
     """Multi-view test of `model` over `dataset`.
 
-    `dataset` yields `(views, labels)`: views `(B, V, T, H, W, 3)` (V = clips x crops) or
-    single clips `(B, T, H, W, 3)`; labels `(B,)` class indices. Returns a dict with `top1`,
-    `top5`, `num_videos`, `num_views`, `per_class_accuracy` (list, NaN for absent classes),
-    `confusion` (K x K counts, rows = true class), and when `output_dir` is given the paths
-    `per_class_csv` and `confusion_png` (file names start with `prefix`).
+    `dataset` yields `(views, labels)` or `(views, labels, filenames)`: views
+    `(B, V, T, H, W, 3)` (V = clips x crops) or single clips `(B, T, H, W, 3)`; labels `(B,)`
+    class indices, -1 for a video whose label is unknown (a test set's hidden labels: in
+    the predictions, not in the metrics); filenames `(B,)` strings. `max_views_per_batch`: at
+    most that many views per forward pass (None: the whole batch at once; results are the
+    same). Returns a dict with `top1`, `top5` (over the labelled videos; NaN if none),
+    `num_videos`, `num_labelled`, `num_views`, `per_class_accuracy` (list, NaN for absent
+    classes), `confusion` (K x K counts, rows = true class), and when `output_dir` is given
+    the paths `per_class_csv`, `confusion_png` and `predictions_csv` (`top_k` classes per
+    video; file names start with `prefix`).
     """
-    view_probs = _view_probabilities_fn(model)
-    all_scores, all_labels, num_views = [], [], 0
+    if max_views_per_batch is not None and (isinstance(max_views_per_batch, bool) or not
+                                            isinstance(max_views_per_batch, int) or
+                                            max_views_per_batch < 1):
+        raise ValueError(f"max_views_per_batch must be a positive int or None, got "
+                         f"{max_views_per_batch!r}")
+    view_probs = _view_probabilities_fn(model, max_views_per_batch)
+    all_scores, all_labels, all_files, num_views = [], [], [], 0
     progbar = keras.utils.Progbar(None, unit_name="batch", verbose=1 if verbose else 0)
-    for i, (views, labels) in enumerate(dataset):
+    for i, element in enumerate(dataset):
         if max_batches is not None and i >= max_batches:
             break
+        views, labels = element[:2]
         probs = view_probs(views).numpy()
         if probs.shape[-1] != num_classes:
             raise ValueError(f"model has {probs.shape[-1]} outputs but num_classes is "
@@ -87,21 +116,27 @@ def evaluate(model, dataset, num_classes, *, class_names=None, output_dir=None,
         labels = np.asarray(labels).reshape(len(probs), -1)[:, 0]  # first label if multi-label
         all_scores.append(multi_view_scores(probs))
         all_labels.append(labels.astype(np.int64))
+        all_files += ([f.decode("utf-8", "replace") for f in np.asarray(element[2]).reshape(-1)]
+                      if len(element) > 2 else [""] * len(probs))
         progbar.update(i + 1)
     if not all_scores:
         raise ValueError("evaluation dataset is empty")
     scores = np.concatenate(all_scores)
     labels = np.concatenate(all_labels)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"label {int(labels.max())} out of range for {num_classes} classes")
+    if labels.min() < -1 or labels.max() >= num_classes:
+        bad = int(labels.max() if labels.max() >= num_classes else labels.min())
+        raise ValueError(f"label {bad} out of range for {num_classes} classes (-1: unknown)")
+    known = labels >= 0
     pred = scores.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, pred), 1)
+    np.add.at(confusion, (labels[known], pred[known]), 1)
     support = confusion.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    result = {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5),
-              "num_videos": int(len(labels)), "num_views": int(num_views),
+    top1, top5 = ((topk_accuracy(scores[known], labels[known], k) for k in (1, 5)) if known.any()
+                  else (float("nan"), float("nan")))
+    result = {"top1": top1, "top5": top5, "num_videos": int(len(labels)),
+              "num_labelled": int(known.sum()), "num_views": int(num_views),
               "per_class_accuracy": [float(a) for a in per_class],
               "confusion": confusion.tolist()}
     if output_dir:
@@ -111,7 +146,31 @@ def evaluate(model, dataset, num_classes, *, class_names=None, output_dir=None,
             os.path.join(output_dir, prefix + "per_class_accuracy.csv"), confusion, names)
         result["confusion_png"] = plot_confusion_matrix(
             os.path.join(output_dir, prefix + "confusion_matrix.png"), confusion, names)
+        result["predictions_csv"] = write_predictions_csv(
+            os.path.join(output_dir, prefix + "predictions.csv"), all_files, labels,
+            scores / max(num_views, 1), names, top_k)
     return result
+
+
+def write_predictions_csv(path, filenames, labels, probabilities, class_names, top_k=5):
+    """One row per video: video_id (the file name without folder and extension), filename,
+    true_index and true_label (-1 and empty when unknown), then label_r, index_r, score_r for
+    the `top_k` classes by score (`probabilities`: the mean of the view softmaxes)."""
+    probabilities = np.asarray(probabilities)
+    k = min(top_k, probabilities.shape[1])
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    tmp = path + ".partial"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "filename", "true_index", "true_label"]
+                   + [f"{c}_{r}" for r in range(1, k + 1) for c in ("label", "index", "score")])
+        for name, label, probs, top in zip(filenames, labels, probabilities, order):
+            video_id = os.path.splitext(os.path.basename(name))[0]
+            label = int(label)
+            w.writerow([video_id, name, label, class_names[label] if label >= 0 else ""]
+                       + [x for c in top for x in (class_names[c], int(c), f"{probs[c]:.6f}")])
+    os.replace(tmp, path)
+    return path
 
 
 def write_per_class_csv(path, confusion, class_names):

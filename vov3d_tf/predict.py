@@ -1,71 +1,404 @@
-"""Top-5 classes of one video file.
+"""Class predictions for a video file: the whole file, or sliding windows over a long video.
 
-    python -m vov3d_tf.predict VIDEO [--weights W.keras] [--config C.json] [--set k=v ...]
+    python -m vov3d_tf.predict VIDEO [--weights MODEL] [--config C.json] [--set k=v ...]
+    python -m vov3d_tf.predict VIDEO --window 4 --stride 2 [--output out.csv|out.jsonl] [--top-k 5]
 
-The video is decoded with PyAV exactly as the shard builder stores it (short side 256 JPEG
-frames, `--fps` as used for the shards) and turned into the config's test views (clips x
-crops) by the same preprocessing functions as evaluation; view softmaxes are averaged. The
-config (default: the SSv2 recipe) gives frames, sampling, views, labels and the default
-weights (`train.output_dir/best.keras`).
+MODEL picks the runtime from its path: a `.keras` file (TensorFlow, BN folded: the fast
+inference form), a `.tflite` file (LiteRT, from `python -m vov3d_tf.lite`; its fixed clip shape
+must be the config's frames and test crop) or a SavedModel export (`export.py`'s model folder,
+newest version, or one version folder; run through its `serve_frames` signature, which holds the
+export's own preprocessing and label list, so no config is needed). Default MODEL:
+`train.output_dir/best.keras` of the config (default config: the SSv2 recipe).
+
+The video is decoded with PyAV exactly as the shard builder stores it (short side `--short-side`
+JPEG frames, `--fps` as used for the shards) and turned into the test views (clips x crops) by
+the evaluation preprocessing (`vov3d_tf.data.preprocess.eval_views`); the probabilities of a
+video, or of a window, are the mean of its views' softmaxes.
+
+With `--window SECONDS --stride SECONDS` the video is streamed (`vov3d_tf.data.stream`): windows
+`[k * stride, k * stride + window)` are cut as the frames are decoded, only the frames of the
+current windows are held (memory bounded by the window, not the video), `--batch` windows go
+through the model per call, and decoding runs in a background thread while the model works. A
+window's probabilities are what predicting on that window cut as its own file gives. The
+whole-video answer is the mean of the windows' probabilities. `--output` writes every window's
+top-k with its start/end time and then the whole-video row, as CSV (`.csv`) or JSON lines
+(`.jsonl`), to `FILE.partial` while running and renamed to FILE when complete.
 """
 import argparse
+import csv
+import json
 import os
+import queue
 import sys
+import threading
 
 import numpy as np
 
 from vov3d_tf import runtime
 
-__all__ = ["video_views", "predict_video", "main"]
+__all__ = ["video_views", "predict_video", "view_kwargs", "load_runtime", "KerasRuntime",
+           "SavedModelRuntime", "TFLiteRuntime", "predict_windows", "main"]
+
+AGGREGATE = "mean of the window probabilities"
+
+
+def view_kwargs(cfg):
+    """Keyword arguments of `preprocess.eval_views` for the config's multi-view test."""
+    from vov3d_tf.adapters import eval_view_kwargs
+    return eval_view_kwargs(cfg, multi_view=True)
+
+
+def _read(path, *, fps, short_side):
+    from vov3d_tf.data.video_io import VideoError, read_video
+    try:
+        return read_video(path, short_side=short_side, fps=fps)
+    except VideoError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def video_views(path, cfg, *, fps=None, short_side=256):
     """Test views float32 (V, T, c, c, 3) of the video at `path`, as the eval pipeline makes
     them from a shard built with `--short-side short_side --fps fps`."""
     import tensorflow as tf
-    from vov3d_tf.adapters import eval_view_kwargs
     from vov3d_tf.data import preprocess
-    from vov3d_tf.data.video_io import VideoError, read_video
-
-    try:
-        jpegs = read_video(path, short_side=short_side, fps=fps)
-    except VideoError as e:
-        raise ValueError(f"{path}: {e}") from None
-    return preprocess.eval_views(tf.constant(jpegs), **eval_view_kwargs(cfg))
+    jpegs = _read(path, fps=fps, short_side=short_side)
+    return preprocess.eval_views(tf.constant(jpegs), **view_kwargs(cfg))
 
 
 def predict_video(model, path, cfg, *, fps=None, short_side=256):
     """Class probabilities (K,) of one video: mean of the softmax of its test views."""
+    engine = model if hasattr(model, "probabilities") else KerasRuntime(model, view_kwargs(cfg))
+    return engine.probabilities([_read(path, fps=fps, short_side=short_side)])[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Runtimes: `probabilities(videos)`, videos = list of lists of JPEG frames -> (len(videos), K)
+# ----------------------------------------------------------------------------------------------
+
+def _views_fn(kwargs):
     import tensorflow as tf
-    views = video_views(path, cfg, fps=fps, short_side=short_side)
-    logits = model(views, training=False)
-    return tf.reduce_mean(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), axis=0).numpy()
+    from vov3d_tf.data import preprocess
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def views(jpegs):
+        return preprocess.eval_views(jpegs, **kwargs)
+    return views
+
+
+class KerasRuntime:
+    """A Keras model (BN folded when it is a `VideoClassifier`) with the eval preprocessing."""
+
+    def __init__(self, model, view_kwargs, *, labels=None):
+        import tensorflow as tf
+        from vov3d_tf.inference import fold_batchnorm
+        from vov3d_tf.models import VideoClassifier
+
+        if isinstance(model, VideoClassifier):
+            model = fold_batchnorm(model)  # the fast inference form, same outputs (<= 1e-4)
+        self.num_classes = int(model.output_shape[-1])
+        self.labels = labels
+        self.num_views = view_kwargs["num_clips"] * view_kwargs["num_crops"]
+        self._views = _views_fn(view_kwargs)
+        shape = [None, view_kwargs["num_frames"], view_kwargs["crop_size"],
+                 view_kwargs["crop_size"], 3]
+        self._model = model
+        self._view_kwargs = view_kwargs
+        self._forward = tf.function(lambda x: model(x, training=False),
+                                    input_signature=[tf.TensorSpec(shape, tf.float32)])
+        self._calls = 0
+
+    def probabilities(self, videos):
+        import tensorflow as tf
+        from vov3d_tf.data import preprocess
+
+        # The first call runs eagerly (one whole file: tracing would cost more than it saves);
+        # later calls (windows of a stream) run the traced functions.
+        eager = self._calls == 0
+        self._calls += 1
+        views = tf.stack([preprocess.eval_views(tf.constant(v), **self._view_kwargs) if eager
+                          else self._views(tf.constant(v)) for v in videos])  # (B, V, T, c, c, 3)
+        flat = tf.reshape(views, [-1, *views.shape[2:]])
+        logits = self._model(flat, training=False) if eager else self._forward(flat)
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return tf.reduce_mean(tf.reshape(probs, [len(videos), self.num_views, -1]), axis=1).numpy()
+
+
+class TFLiteRuntime:
+    """A `.tflite` clip classifier (LiteRT) with the eval preprocessing (TensorFlow ops)."""
+
+    def __init__(self, path, view_kwargs, *, labels=None, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = os.fspath(path)
+        self._interpreter = Interpreter(model_path=self.path,
+                                        num_threads=num_threads or os.cpu_count() or 1)
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        shape = [int(d) for d in self._input["shape_signature"]]
+        want = [view_kwargs["num_frames"], view_kwargs["crop_size"], view_kwargs["crop_size"], 3]
+        if len(shape) != 5 or shape[1:] != want:
+            raise ValueError(f"{self.path}: the model takes clips {tuple(shape)} but the config's "
+                             f"test views are (views, {', '.join(map(str, want))}) "
+                             f"(data.num_frames, data.test_crop_size or data.test_short_side); "
+                             f"convert it for that shape or fix the config")
+        self._batch = shape[0]  # -1: dynamic
+        self.num_classes = int(self._output["shape"][-1])
+        self.labels = labels
+        self.num_views = view_kwargs["num_clips"] * view_kwargs["num_crops"]
+        self._views = _views_fn(view_kwargs)
+        self._allocated = None
+
+    def _run(self, clips):
+        interpreter, index = self._interpreter, self._input["index"]
+        if self._allocated != clips.shape:
+            if self._batch == -1:
+                interpreter.resize_tensor_input(index, list(clips.shape))
+            interpreter.allocate_tensors()
+            self._allocated = clips.shape
+        interpreter.set_tensor(index, clips)
+        interpreter.invoke()
+        return interpreter.get_tensor(self._output["index"])
+
+    def probabilities(self, videos):
+        import tensorflow as tf
+        flat = np.concatenate([self._views(tf.constant(v)).numpy() for v in videos])
+        step = len(flat) if self._batch == -1 else self._batch
+        logits = []
+        for i in range(0, len(flat), step):
+            chunk = flat[i:i + step]
+            n = len(chunk)
+            if n < step:  # fixed batch: pad the last chunk, drop the padding's outputs
+                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+            logits.append(self._run(np.ascontiguousarray(chunk, np.float32))[:n])
+        probs = tf.nn.softmax(tf.constant(np.concatenate(logits), tf.float32), axis=-1).numpy()
+        return probs.reshape(len(videos), self.num_views, -1).mean(axis=1)
+
+
+class SavedModelRuntime:
+    """An `export.py` SavedModel through its `serve_frames` signature (the export's own
+    preprocessing and views; `probabilities` = mean of the view softmaxes)."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+        from vov3d_tf.data.labels import read_labels
+        from vov3d_tf.serving import EXPORT_INFO_FILE, LABELS_ASSET, SIGNATURE_FRAMES
+
+        self.path = _saved_model_version(os.fspath(path))
+        loaded = tf.saved_model.load(self.path)
+        if SIGNATURE_FRAMES not in loaded.signatures:
+            raise ValueError(f"{self.path}: no {SIGNATURE_FRAMES!r} signature (signatures: "
+                             f"{sorted(loaded.signatures)}); export it with export.py")
+        self._loaded = loaded  # keeps the signature's variables alive
+        self._fn = loaded.signatures[SIGNATURE_FRAMES]
+        self.labels = read_labels(os.path.join(self.path, "assets", LABELS_ASSET))
+        self.num_classes = len(self.labels)
+        with open(os.path.join(self.path, "assets.extra", EXPORT_INFO_FILE)) as f:
+            self.spec = json.load(f)["spec"]
+
+    def probabilities(self, videos):
+        import tensorflow as tf
+        from vov3d_tf.data import preprocess
+
+        decoded = [preprocess.decode_jpegs(tf.constant(v)) for v in videos]
+        out = [None] * len(videos)
+        # One call per frame count (a batch is one uint8 array); usually all windows share it.
+        for shape in sorted({tuple(d.shape) for d in decoded}):
+            idx = [i for i, d in enumerate(decoded) if tuple(d.shape) == shape]
+            probs = self._fn(frames=tf.stack([decoded[i] for i in idx]))["probabilities"].numpy()
+            for i, p in zip(idx, probs):
+                out[i] = p
+        return np.stack(out)
+
+
+def _saved_model_version(path):
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted(int(n) for n in os.listdir(path)
+                      if n.isdigit() and os.path.exists(os.path.join(path, n, "saved_model.pb")))
+    if not versions:
+        raise ValueError(f"{path}: not a SavedModel export (no saved_model.pb in it or in a "
+                         f"numbered version folder)")
+    return os.path.join(path, str(versions[-1]))
+
+
+def load_runtime(model_path, cfg=None, *, labels=None):
+    """The runtime for `model_path`: `.keras` -> KerasRuntime, `.tflite` -> TFLiteRuntime (both
+    with `cfg`'s test views), a directory -> SavedModelRuntime (its own preprocessing)."""
+    model_path = os.fspath(model_path)
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"weights not found: {model_path!r} (pass --weights)")
+    if os.path.isdir(model_path):
+        return SavedModelRuntime(model_path)
+    if model_path.endswith(".tflite"):
+        return TFLiteRuntime(model_path, view_kwargs(cfg), labels=labels)
+    if model_path.endswith(".keras"):
+        import keras
+
+        import vov3d_tf  # noqa: F401  (registers the custom layers)
+        model = keras.models.load_model(model_path, compile=False)
+        return KerasRuntime(model, view_kwargs(cfg), labels=labels)
+    raise ValueError(f"{model_path}: expected a .keras file, a .tflite file or a SavedModel "
+                     f"export folder")
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming
+# ----------------------------------------------------------------------------------------------
+
+def _prefetched(iterable, size):
+    """Items of `iterable` produced by a background thread, at most `size` ahead; its errors
+    are raised here."""
+    q = queue.Queue(maxsize=max(size, 1))
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
+            q.put((done, e))
+            return
+        q.put((done, None))
+
+    thread = threading.Thread(target=produce, daemon=True, name="vov3d-decode")
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def predict_windows(engine, windows, *, batch=4):
+    """(Window, probabilities (K,)) for every window of `windows` (an iterable of
+    `stream.Window`) through `engine` (a `load_runtime` result), `batch` windows per model call;
+    windows are prepared in a background thread while the model runs."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    pending = []
+    for window in _prefetched(windows, batch):
+        pending.append(window)
+        if len(pending) == batch:
+            yield from zip(pending, engine.probabilities([w.frames for w in pending]))
+            pending = []
+    if pending:
+        yield from zip(pending, engine.probabilities([w.frames for w in pending]))
+
+
+def _top_k(probs, k, names):
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(int(i), names[i] if names else str(int(i)), float(probs[i])) for i in order]
+
+
+class _Writer:
+    """Window rows and the final whole-video row, as CSV or JSON lines, to PATH.partial."""
+
+    def __init__(self, path, top_k):
+        if not path.endswith((".csv", ".jsonl")):
+            raise ValueError(f"--output {path!r}: the name must end in .csv or .jsonl")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path, self.tmp = path, path + ".partial"
+        self.jsonl = path.endswith(".jsonl")
+        self.f = open(self.tmp, "w", newline="", encoding="utf-8")
+        if not self.jsonl:
+            self.csv = csv.writer(self.f)
+            header = ["window", "start", "end", "frames"]
+            for r in range(1, top_k + 1):
+                header += [f"label_{r}", f"index_{r}", f"score_{r}"]
+            self.csv.writerow(header)
+
+    def row(self, window, start, end, frames, top):
+        if self.jsonl:
+            self.f.write(json.dumps({
+                "window": window, "start": round(start, 6), "end": round(end, 6),
+                "frames": frames, "labels": [n for _, n, _ in top],
+                "indices": [i for i, _, _ in top], "scores": [round(p, 6) for _, _, p in top],
+                **({"aggregate": AGGREGATE} if window == "video" else {})}) + "\n")
+        else:
+            self.csv.writerow([window, f"{start:.3f}", f"{end:.3f}", frames]
+                              + [x for i, n, p in top for x in (n, i, f"{p:.6f}")])
+        self.f.flush()
+
+    def finish(self):
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.predict",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", help="video file (mp4, webm, avi, mkv, ...)")
-    parser.add_argument("--weights", help=".keras file (default: train.output_dir/best.keras)")
+    parser.add_argument("--weights", help=".keras file, .tflite file or SavedModel export folder "
+                                          "(default: train.output_dir/best.keras)")
     parser.add_argument("--config", help="experiment JSON (default: the SSv2 recipe)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="config override (repeatable)")
-    parser.add_argument("--labels", help="class names, one per line (default: from the config)")
-    parser.add_argument("--fps", type=float, default=None,
+    parser.add_argument("--labels", help="class names, one per line (default: from the config; "
+                                         "a SavedModel has its own)")
+    parser.add_argument("--fps", type=_positive_float, default=None,
                         help="resample to this frame rate, as the shards were built (default: "
                              "every frame)")
-    parser.add_argument("--short-side", type=int, default=256,
+    parser.add_argument("--short-side", type=_positive_int, default=256,
                         help="stored short side of the shards (build_shards --short-side)")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=_positive_int, default=5)
+    parser.add_argument("--window", type=_positive_float, default=None,
+                        help="stream the video in windows of this many seconds")
+    parser.add_argument("--stride", type=_positive_float, default=None,
+                        help="seconds between window starts (default: --window, no overlap)")
+    parser.add_argument("--batch", type=_positive_int, default=4,
+                        help="windows per model call (default 4)")
+    parser.add_argument("--output", help="write the windows' top-k and the whole-video row to "
+                                         "this .csv or .jsonl file")
     args = parser.parse_args(argv)
+    if args.stride is not None and args.window is None:
+        parser.error("--stride needs --window")
     runtime.configure()  # TF process settings, before the first tensor
 
-    import keras
-    from vov3d_tf import VideoClassifier, fold_batchnorm
-    from vov3d_tf.config import apply_overrides, config_from_dict, load_config
     from vov3d_tf.adapters import class_names
+    from vov3d_tf.config import apply_overrides, config_from_dict, load_config
+    from vov3d_tf.data import stream
     from vov3d_tf.data.labels import read_labels
+    from vov3d_tf.data.video_io import VideoError
 
+    writer = None
     try:
         cfg = (load_config(args.config, args.overrides) if args.config else
                config_from_dict(apply_overrides({}, args.overrides), "defaults"))
@@ -74,21 +407,59 @@ def main(argv=None):
             raise FileNotFoundError(f"weights not found: {weights!r} (pass --weights)")
         if not os.path.exists(args.video):
             raise FileNotFoundError(f"video not found: {args.video!r}")
-        model = keras.models.load_model(weights, compile=False)
-        if isinstance(model, VideoClassifier):
-            model = fold_batchnorm(model)  # the fast inference form, same outputs
-        probs = predict_video(model, args.video, cfg, fps=args.fps, short_side=args.short_side)
-        names = read_labels(args.labels) if args.labels else class_names(cfg)
-        if names is not None and len(names) != len(probs):
-            raise ValueError(f"{len(names)} labels for a model with {len(probs)} classes")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.labels:
+            names = read_labels(args.labels)
+        elif os.path.isdir(weights):
+            names = None  # the export's own list
+        else:
+            names = class_names(cfg)
+        probe = stream.iter_frames(args.video, short_side=args.short_side, fps=args.fps)
+        next(probe)  # an unreadable video fails here, before the model is loaded
+        probe.close()
+        engine = load_runtime(weights, cfg)
+        names = names or engine.labels
+        if names is not None and len(names) != engine.num_classes:
+            raise ValueError(f"{len(names)} labels for a model with {engine.num_classes} classes")
+        top_k = min(args.top_k, engine.num_classes)
+        if args.output:
+            writer = _Writer(args.output, top_k)
+        # Without --window the whole file is one window (all its frames held, as before).
+        windows = stream.sliding_windows(
+            args.video, window=args.window or float("inf"),
+            stride=args.stride or args.window or float("inf"), short_side=args.short_side,
+            fps=args.fps)
+        total, count = None, 0
+        for w, p in predict_windows(engine, windows, batch=args.batch):
+            total = p.astype(np.float64) if total is None else total + p
+            count += 1
+            if args.window is None:
+                continue
+            top = _top_k(p, top_k, names)
+            if writer:
+                writer.row(w.index, w.start, w.end, len(w.frames), top)
+            else:
+                print(f"[{w.start:9.3f} - {w.end:9.3f} s] {top[0][1]:<30s} {top[0][2]:.4f}")
+        if total is None:
+            raise ValueError(f"{args.video}: no window has frames")
+        probs = total / count
+    except (VideoError, ValueError, FileNotFoundError) as e:
+        where = f"{args.video}: " if isinstance(e, VideoError) else ""
+        print(f"error: {where}{e}", file=sys.stderr)
+        if writer:
+            writer.f.close()
+            print(f"(rows written so far are in {writer.tmp})", file=sys.stderr)
         return 2
-    order = np.argsort(-probs, kind="stable")[:args.top_k]
-    print(f"{args.video}:")
-    for rank, k in enumerate(order, 1):
-        name = names[k] if names else str(k)
-        print(f"  {rank}. {name:<40s} {probs[k]:.4f}")
+    top = _top_k(probs, top_k, names)
+    if writer:
+        writer.row("video", 0.0, windows.duration, windows.num_frames, top)
+        writer.finish()
+    head = f"{args.video}:" if args.window is None else (
+        f"{args.video} ({count} windows, {AGGREGATE}):")
+    print(head)
+    for rank, (_, name, p) in enumerate(top, 1):
+        print(f"  {rank}. {name:<40s} {p:.4f}")
+    if writer:
+        print(f"wrote {writer.path}")
     return 0
 
 

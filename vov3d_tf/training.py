@@ -22,6 +22,7 @@ Everything is written into `cfg.train.output_dir`:
     best.keras, last.keras inference models (no optimizer; best = highest periodic eval top-1)
     final_metrics.json     top-1/top-5 of the final multi-view test; its presence = finished
     per_class_accuracy.csv, confusion_matrix.png
+    predictions.csv        every eval video's top-5 (video id, filename, true label, scores)
 """
 import json
 import math
@@ -245,9 +246,11 @@ class PeriodicEval(keras.callbacks.Callback):
     """Multi-view test every `every_epochs` epochs: adds val_top1/val_top5 to the epoch logs
     (NaN on other epochs, so the CSV keeps its columns) and keeps best.keras up to date."""
 
-    def __init__(self, dataset, num_classes, every_epochs, best_path, best_var, save_fn):
+    def __init__(self, dataset, num_classes, every_epochs, best_path, best_var, save_fn,
+                 max_views_per_batch=None):
         super().__init__()
         self.dataset = dataset
+        self.max_views_per_batch = max_views_per_batch
         self.num_classes = num_classes
         self.every_epochs = every_epochs
         self.best_path = best_path
@@ -260,7 +263,8 @@ class PeriodicEval(keras.callbacks.Callback):
         if not self.every_epochs or (epoch + 1) % self.every_epochs:
             logs["val_top1"] = logs["val_top5"] = float("nan")
             return
-        result = evaluation.evaluate(self.model, self.dataset, self.num_classes, verbose=False)
+        result = evaluation.evaluate(self.model, self.dataset, self.num_classes, verbose=False,
+                                     max_views_per_batch=self.max_views_per_batch)
         logs["val_top1"], logs["val_top5"] = result["top1"], result["top5"]
         print(f"\n[vov3d] epoch {epoch + 1}: eval top-1 {result['top1']:.4f} "
               f"top-5 {result['top5']:.4f} ({result['num_videos']} videos x "
@@ -508,7 +512,7 @@ def _run(cfg, *, source, force, datasets, verbose):
     save_fn = lambda m, p: save_inference_model(m, p, strategy)  # noqa: E731
     callbacks = [LearningRateLogger(),
                  PeriodicEval(eval_ds, cfg.model.num_classes, cfg.eval.every_epochs, best_path,
-                              best_top1, save_fn), saver]
+                              best_top1, save_fn, cfg.eval.max_views_per_batch), saver]
     if chief:
         callbacks += [keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
                       keras.callbacks.TensorBoard(os.path.join(out, "logs"), update_freq="epoch")]
@@ -529,8 +533,11 @@ def _run(cfg, *, source, force, datasets, verbose):
     save_fn(model, last_path)
     if float(best_top1.numpy()) < 0:  # no periodic eval: best is the final model
         save_fn(model, best_path)
+    if datasets is None:  # the final test also writes predictions.csv: carry the file names
+        _, eval_ds = make_datasets(cfg, training=False, with_filename=True)
     result = evaluation.evaluate(model, eval_ds, cfg.model.num_classes, class_names=names,
-                                 output_dir=out if chief else None, verbose=verbose == 1)
+                                 output_dir=out if chief else None, verbose=verbose == 1,
+                                 max_views_per_batch=cfg.eval.max_views_per_batch)
     metrics = {"top1": result["top1"], "top5": result["top5"],
                "num_videos": result["num_videos"], "num_views": result["num_views"],
                "steps": step, "steps_this_run": step - first_step, "epochs": tc.epochs,
@@ -538,7 +545,8 @@ def _run(cfg, *, source, force, datasets, verbose):
                "total_seconds": round(time.time() - t_start, 1),
                "best_weights": best_path, "last_weights": last_path, "output_dir": out,
                "per_class_csv": result.get("per_class_csv"),
-               "confusion_png": result.get("confusion_png")}
+               "confusion_png": result.get("confusion_png"),
+               "predictions_csv": result.get("predictions_csv")}
     if not chief:  # this worker's temporary checkpoint copies
         shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
     if chief:
@@ -554,7 +562,8 @@ def _run(cfg, *, source, force, datasets, verbose):
 
 def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_dir=None):
     """`--eval-only`: multi-view test of saved weights (default: output_dir/best.keras, then
-    last.keras). Writes eval/metrics.json, per-class CSV and confusion PNG under output_dir."""
+    last.keras). Writes eval/metrics.json, per-class CSV, confusion PNG and predictions.csv
+    (every video's top-5, with its `video/filename`) under output_dir."""
     out = output_dir or os.path.join(cfg.train.output_dir, "eval")
     if weights is None:
         for name in ("best.keras", "last.keras"):
@@ -569,7 +578,7 @@ def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_di
         raise FileNotFoundError(f"--weights: {weights!r} not found")
     if datasets is None:
         check_data(cfg, source, need_train=False)
-        _, eval_ds = make_datasets(cfg, training=False)
+        _, eval_ds = make_datasets(cfg, training=False, with_filename=True)
         names = class_names(cfg)
     else:
         eval_ds, names = datasets[1], None
@@ -578,10 +587,12 @@ def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_di
         raise ValueError(f"{weights}: the model has {model.outputs[0].shape[-1]} classes, "
                          f"model.num_classes is {cfg.model.num_classes}")
     result = evaluation.evaluate(model, eval_ds, cfg.model.num_classes, class_names=names,
-                                 output_dir=out, verbose=sys.stdout.isatty())
-    metrics = {k: result[k] for k in ("top1", "top5", "num_videos", "num_views")}
+                                 output_dir=out, verbose=sys.stdout.isatty(),
+                                 max_views_per_batch=cfg.eval.max_views_per_batch)
+    metrics = {k: result[k] for k in ("top1", "top5", "num_videos", "num_labelled", "num_views")}
     metrics.update(weights=weights, per_class_csv=result["per_class_csv"],
-                   confusion_png=result["confusion_png"])
+                   confusion_png=result["confusion_png"],
+                   predictions_csv=result["predictions_csv"])
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print(f"[vov3d] {weights}: multi-view test ({result['num_videos']} videos x "

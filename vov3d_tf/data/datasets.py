@@ -74,20 +74,22 @@ def manifest_labels(patterns):
     return None
 
 
-def make_datasets(cfg, *, seed=0, training=True, evaluation_=True):
+def make_datasets(cfg, *, seed=0, training=True, evaluation_=True, with_filename=False):
     """(train, eval) tf.data datasets from the shard patterns via `vov3d_tf.data.make_dataset`.
 
     Train elements `(clips (B, T, c, c, 3), labels (B,))`, repeated forever; eval elements
     `(views (B, V, T, c', c', 3), labels (B,))`. `data.shuffle_frames` permutes the frames of
     every clip/video at random (the control of the "learns time" experiment). A dataset not
-    asked for is None.
+    asked for is None. `with_filename`: eval elements `(views, labels, filenames)` (see
+    `make_dataset`), for prediction files.
     """
     train = ev = None
     if training:
         train = pipeline.make_dataset(cfg.data.train_files,
                                       **adapters.train_dataset_kwargs(cfg, seed=seed))
     if evaluation_:
-        ev = pipeline.make_dataset(cfg.data.eval_files, **adapters.eval_dataset_kwargs(cfg))
+        ev = pipeline.make_dataset(cfg.data.eval_files, **adapters.eval_dataset_kwargs(cfg),
+                                   with_filename=with_filename)
     if cfg.data.shuffle_frames:
         train = shuffle_frames(train, seed, 1) if train is not None else None
         ev = shuffle_frames(ev, seed + 1, 2) if ev is not None else None
@@ -100,8 +102,8 @@ def shuffle_frames(ds, seed, time_axis):
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
 
     def shuffle(xy, s):
-        x, y = xy
+        x, *rest = xy  # rest: labels (and filenames)
         keys = tf.random.stateless_uniform(tf.stack([tf.shape(x)[0], tf.shape(x)[time_axis]]),
                                            seed=s)
-        return tf.gather(x, tf.argsort(keys, axis=1), axis=time_axis, batch_dims=1), y
+        return (tf.gather(x, tf.argsort(keys, axis=1), axis=time_axis, batch_dims=1), *rest)
     return tf.data.Dataset.zip((ds, seeds)).map(shuffle)

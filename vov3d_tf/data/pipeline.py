@@ -11,7 +11,8 @@ through the pure functions of `preprocess`), `_parse_or_skip` (corrupt-record ha
 
 Training elements: (clips float32 (B, T, crop, crop, 3), labels int32 (B,)).
 Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = num_clips * num_crops,
-                   clip-major; sum the softmaxes of a video's V views.
+                   clip-major; sum the softmaxes of a video's V views. With `with_filename`:
+                   (views, labels, filenames string (B,)) (`video/filename`, for prediction files).
 """
 import collections
 import functools
@@ -159,7 +160,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                  seed=None, repeat=False,
                  num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
                  drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
-                 prefetch=None):
+                 prefetch=None, with_filename=False):
     """A tf.data pipeline over video shards.
 
     Args:
@@ -193,9 +194,14 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       num_parallel_calls: records processed at once (AUTOTUNE: up to one per core); each holds
         its output in memory (eval: V x T x c x c x 3 floats, 377 MB for 30 views at 256).
       prefetch: batches prepared ahead (default AUTOTUNE in training, 1 at eval).
+      with_filename: eval only: elements (views, labels, filenames), each video's
+        `video/filename`; a record without a label gets label -1 (hidden test labels, e.g. the
+        Something-Something test split) instead of counting as corrupt.
     """
     if sampling not in DEFAULTS:
         raise ValueError(f"sampling must be one of {tuple(DEFAULTS)}, got {sampling!r}")
+    if with_filename and training:
+        raise ValueError("with_filename is for evaluation (training=False)")
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
     for name, value in (("num_frames", num_frames), ("batch_size", batch_size),
@@ -240,10 +246,12 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         parse = functools.partial(
             parse_eval_record, num_frames=num_frames, crop_size=test_crop_size,
             sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
-            num_clips=num_clips, num_crops=num_crops, random_segments=random_test_segments)
+            num_clips=num_clips, num_crops=num_crops, random_segments=random_test_segments,
+            with_filename=with_filename)
         out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
     ds = _parse_or_skip(ds, parse, out_shape, on_corrupt=on_corrupt,
-                        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+                        num_parallel_calls=num_parallel_calls, deterministic=deterministic,
+                        with_filename=with_filename)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -307,27 +315,34 @@ def parse_train_record(path, index, serialized, seed, *, num_frames, crop_size, 
 
 
 def parse_eval_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
-                      sampling_rate, short_side, num_clips, num_crops, random_segments=False):
+                      sampling_rate, short_side, num_clips, num_crops, random_segments=False,
+                      with_filename=False):
     """One eval record -> (views float32 (V, T, c, c, 3), label int32): the multi-view test
-    (`preprocess.eval_views`); `random_segments` draws each segment's frame from `seed`."""
+    (`preprocess.eval_views`); `random_segments` draws each segment's frame from `seed`.
+    `with_filename`: (views, (label or -1 when the record has none, video/filename))."""
     rec = fmt.parse_sequence_example(serialized)
     views = preprocess.eval_views(
         rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
         sampling_rate=sampling_rate, short_side=short_side, num_clips=num_clips,
         num_crops=num_crops, segment_seed=seed if random_segments else None)
+    if with_filename:
+        return views, (_label_or_unknown(rec), rec["filename"])
     return views, _first_label(rec, path, index)
 
 
-def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, deterministic):
+def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, deterministic,
+                   with_filename=False):
     """`parse` every (path, index, serialized, seed) in parallel; a record that fails to parse or
     decode is skipped and reported naming its file and index (skip) or raises naming them
-    (fail). Elements: (x with static `out_shape`, label)."""
+    (fail). Elements: (x with static `out_shape`, label) (`with_filename`: parse gives
+    (x, (label, filename)) and elements are (x, label, filename))."""
     def parse_one(path, index, serialized, seed):
         # Errors inside a one-element dataset become an ok=False element: no record can stop
         # the pipeline, and the bad one is reported with its file and index.
         good = tf.data.Dataset.from_tensors((path, index, serialized, seed)).map(
             lambda *a: (*parse(*a), tf.constant(True), a[0], a[1])).ignore_errors()
-        bad = tf.data.Dataset.from_tensors((tf.zeros([0] * len(out_shape)), tf.constant(-1),
+        no_label = (tf.constant(-1), tf.constant("")) if with_filename else tf.constant(-1)
+        bad = tf.data.Dataset.from_tensors((tf.zeros([0] * len(out_shape)), no_label,
                                             tf.constant(False), path, index))
         return good.concatenate(bad).take(1)
 
@@ -345,13 +360,20 @@ def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, dete
 
     ds = ds.interleave(parse_one, cycle_length=_parallelism(num_parallel_calls), block_length=1,
                        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
-    return ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape), y))
+    return ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape),
+                                                       *(y if with_filename else (y,))))
 
 
 def _parallelism(num_parallel_calls):
     if num_parallel_calls == AUTOTUNE:
         return max(os.cpu_count() or 1, 2)
     return int(num_parallel_calls)
+
+
+def _label_or_unknown(rec):
+    """The first label, or -1 for a record without one (hidden test labels)."""
+    return tf.cond(tf.size(rec["labels"]) > 0, lambda: tf.cast(rec["labels"][0], tf.int32),
+                   lambda: tf.constant(-1, tf.int32))
 
 
 def _first_label(rec, path, index):
