@@ -455,9 +455,14 @@ def _dct_branch(height, width, short_side, limits):
     return branch
 
 
+def _decode_parallelism():
+    return None if tf.executing_eagerly() else DECODE_PARALLELISM  # eager map_fn is serial
+
+
 def _resize_to(frame, new_h, new_w):
     """One uint8 (or float) frame -> float32 (new_h, new_w, 3), bilinear; resizing uint8 reads
     it directly (the same values as resizing its float32 copy, without the copy)."""
+    frame = tf.ensure_shape(frame, [None, None, None])
     shape = tf.shape(frame)
     unchanged = tf.logical_and(tf.equal(shape[0], new_h), tf.equal(shape[1], new_w))
     return tf.cond(unchanged, lambda: tf.cast(frame, tf.float32),
@@ -489,7 +494,7 @@ def _resized_jpegs(encoded, unique, short_side, limits, where):
                 lambda r=r: tf.io.decode_jpeg(s, channels=3, ratio=r) for r in (1, 2, 4, 8)])
         return _resize_to(frame, new_h, new_w)
 
-    return tf.map_fn(one, selected, parallel_iterations=DECODE_PARALLELISM,
+    return tf.map_fn(one, selected, parallel_iterations=_decode_parallelism(),
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
 
 
@@ -498,7 +503,7 @@ def _resized_frames(frames, unique, short_side):
     shape = tf.shape(frames)
     new_h, new_w = short_side_size(shape[1], shape[2], short_side)
     return tf.map_fn(lambda i: _resize_to(frames[i], new_h, new_w), unique,
-                     parallel_iterations=DECODE_PARALLELISM,
+                     parallel_iterations=_decode_parallelism(),
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
 
 
