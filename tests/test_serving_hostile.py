@@ -8,6 +8,7 @@ must end in an InvalidArgument naming its cap, or be served within seconds and a
 the process must survive them all and then give a normal request the probabilities it gave
 before. All inputs are generated here (small bytes, large declared sizes).
 """
+import dataclasses
 import io
 import json
 import os
@@ -204,6 +205,25 @@ def hostile_probes():
     ]
 
 
+def run_probes(path, probes, tmp):
+    """Runs `probes` (name, signature, key, value, ...) in one TensorFlow-only process under
+    RLIMIT_AS; returns its per-probe results (ok, probabilities or error, seconds, peak)."""
+    with open(tmp / "probes.pkl", "wb") as f:
+        pickle.dump([p[:4] for p in probes], f)
+    (tmp / "runner.py").write_text(RUNNER)
+    run = subprocess.run([sys.executable, str(tmp / "runner.py"), path, str(tmp / "probes.pkl"),
+                          str(ADDRESS_SPACE), str(tmp / "results.json")],
+                         capture_output=True, text=True, env=ENV, timeout=1800, cwd=tmp)
+    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
+    with open(tmp / "results.json") as f:
+        results = json.load(f)
+    print("\n".join(f"{r['name']:40s} {'served' if r['ok'] else r['error']:22s} "
+                    f"{r['seconds']:6.2f} s  peak +{r['peak_bytes'] / 2**20:7.1f} MiB"
+                    for r in results))
+    assert [r["name"] for r in results] == [p[0] for p in probes]
+    return results
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     from test_serving import tiny_model
@@ -215,19 +235,8 @@ def served(tmp_path_factory):
     probes = [("normal before", "serving_default", "frames", video(normal), None),
               *hostile_probes(),
               ("normal after", "serving_default", "frames", video(normal), None)]
-    with open(tmp / "probes.pkl", "wb") as f:
-        pickle.dump([p[:4] for p in probes], f)
-    (tmp / "runner.py").write_text(RUNNER)
-    run = subprocess.run([sys.executable, str(tmp / "runner.py"), path, str(tmp / "probes.pkl"),
-                          str(ADDRESS_SPACE), str(tmp / "results.json")],
-                         capture_output=True, text=True, env=ENV, timeout=600, cwd=tmp)
-    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
-    with open(tmp / "results.json") as f:
-        results = json.load(f)
-    print("\n".join(f"{r['name']:40s} {'served' if r['ok'] else r['error']:22s} "
-                    f"{r['seconds']:6.2f} s  peak +{r['peak_bytes'] / 2**20:7.1f} MiB"
-                    for r in results))
-    return {"probes": probes, "results": results, "model": model, "normal": normal}
+    return {"probes": probes, "results": run_probes(path, probes, tmp), "model": model,
+            "normal": normal}
 
 
 def test_process_survives_every_probe_and_serves_the_same_after(served):
@@ -269,3 +278,66 @@ def test_probe_is_refused_by_its_cap_or_served_in_bounds(served, name):
         assert re.search(expected, result["message"], re.S), result["message"][:600]
         assert result["seconds"] < 5
         assert result["peak_bytes"] < 200 * 2**20, result["peak_bytes"]
+
+
+def _upscaled_frames(h, w, count=4):
+    from test_export import clip_frames
+    frames = clip_frames("bikes.mp4", count)
+    return [tf.io.encode_jpeg(tf.cast(tf.image.resize(f, [h, w]), tf.uint8), quality=90).numpy()
+            for f in frames]
+
+
+def test_dct_scaling_only_above_its_threshold_and_close_to_a_full_decode():
+    """Frames up to `dct_scaling_above` are decoded in full (views identical to evaluation);
+    larger ones at a DCT-scaled size: close to the full decode, not identical."""
+    kwargs = dict(num_frames=4, crop_size=224, short_side=256, num_crops=1)
+    no_dct = dataclasses.replace(LIMITS, dct_scaling_above=None)
+    for (h, w), identical in (((1080, 1920), True), ((2160, 3840), False)):
+        jpegs = tf.constant(_upscaled_frames(h, w))
+        full = preprocess.eval_views(jpegs, **kwargs).numpy()
+        np.testing.assert_array_equal(preprocess.eval_views(jpegs, **kwargs, limits=no_dct), full)
+        served = preprocess.eval_views(jpegs, **kwargs, limits=LIMITS).numpy()
+        difference = np.abs(served - full) * 0.225 * 255  # in 8-bit pixel levels
+        if identical:
+            assert difference.max() == 0
+        else:
+            assert 0 < difference.mean() < 1.5 and np.percentile(difference, 99) < 8, (
+                difference.mean(), np.percentile(difference, 99))
+
+
+@pytest.mark.slow
+def test_paper_size_model_worst_accepted_requests(tmp_path):
+    """VoV3D-M (174 classes, 16 x 224 from the 256 short side), the default caps: the largest
+    requests they accept, each within a bounded peak, in one TensorFlow-only process."""
+    import keras
+
+    import vov3d_tf
+    from test_export import randomized
+
+    keras.utils.set_random_seed(0)
+    model = randomized(vov3d_tf.create_model("vov3d_m", 174), head_scale=1.0)
+    spec = serving.ServingSpec(num_frames=16, crop_size=224, short_side=256)
+    path = serving.export_saved_model(model, str(tmp_path / "m"), [str(i) for i in range(174)],
+                                      spec, warmup=False)
+    normal = normal_video()
+    k4 = [jpeg(2304, 4096, seed=s) for s in range(16)]
+    progressive = [add_scans(jpeg(1440, 2560, seed=s, progressive=True), 22) for s in range(16)]
+    assert all(preprocess.count_scans(p).numpy() == 32 for p in progressive[:1])
+    probes = [("normal before", "serving_default", "frames", video(normal)),
+              ("16 videos x 16 frames 4096x2304", "serving_default", "frames",
+               np.array([k4] * 16, dtype=object)),
+              ("1 video x 16 frames 2560x1440 progressive 32 scans", "serving_default", "frames",
+               video(progressive)),
+              ("16 one-frame 8x8 videos", "serving_default", "frames",
+               np.array([[jpeg(8, 8, value=9)]] * 16, dtype=object)),
+              ("serve_frames 1 x 16 x 1080p", "serve_frames", "frames",
+               np.full((1, 16, 1080, 1920, 3), 77, np.uint8)),
+              ("declared 4000x4000", "serving_default", "frames",
+               video([patch_size(jpeg(8, 8, value=1), 4000, 4000)] * 16)),
+              ("normal after", "serving_default", "frames", video(normal))]
+    results = run_probes(path, probes, tmp_path)
+    assert all(r["ok"] for r in results[:5]) and not results[5]["ok"]
+    assert results[-1]["ok"]
+    np.testing.assert_array_equal(results[-1]["probabilities"], results[0]["probabilities"])
+    for r in results[1:5]:
+        assert r["peak_bytes"] < 2 * 2**30, (r["name"], r["peak_bytes"])

@@ -13,6 +13,8 @@ Signatures (all return `logits`, `probabilities`, `top_k_indices`, `top_k_labels
     serve_frames      frames   uint8   (batch, frames, H, W, 3)   decoded RGB frames, any size
     serve_examples    examples string  (batch,)                   serialized SequenceExamples
                                                                   in the shard format
+(with `ServingSpec.presampled`, the two frame signatures take exactly num_clips x T frames per
+video, sampled by the client: `vov3d_tf.serving_client`).
 
 Every signature goes through `vov3d_tf.data.preprocess.eval_views[_from_frames]`, the very
 functions evaluation uses (sampling of the model's T frames, short-side bilinear resize, centre
@@ -25,6 +27,13 @@ The inputs are declared with unknown rank and checked in the graph: TF Serving's
 does not validate feed shapes against the signature, so a declared rank would be trusted, not
 checked. A wrong rank, a frame count of 0, a non-RGB uint8 array or an undecodable JPEG fail
 with an `InvalidArgument` error naming the input; a wrong dtype is rejected by the session.
+
+The graph is meant for a network, so what a request costs is bounded by the spec, not by the
+client: `ServingSpec.limits` (`preprocess.InputLimits`: frames, pixels, aspect ratio, bytes and
+JPEG scans per frame, checked from the JPEG headers and bytes before decoding), `max_videos`
+per request, and `clips_per_chunk`: a request's videos are preprocessed and classified a chunk
+at a time in a `tf.while_loop`, so peak memory does not grow with the batch. Each violation is
+an `InvalidArgument` naming the cap, its limit and the value (docs/serving.md).
 
 Loading needs only TensorFlow (`tf.saved_model.load` or TF Serving); no Keras, no vov3d_tf.
 """
