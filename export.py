@@ -49,6 +49,10 @@ def parse_args(argv=None):
     d = InputLimits()
     caps.add_argument("--max-videos", type=int, default=ServingSpec.max_videos,
                       help=f"videos per request (default {ServingSpec.max_videos})")
+    caps.add_argument("--max-request-pixel-scans", type=int,
+                      default=ServingSpec.max_request_pixel_scans,
+                      help=f"JPEG decoding per request: sum over the sampled frames of height x "
+                           f"width x scans (default {ServingSpec.max_request_pixel_scans})")
     caps.add_argument("--max-frames", type=int, default=d.max_frames,
                       help=f"frames per video sent (default {d.max_frames})")
     caps.add_argument("--max-frame-pixels", type=int, default=d.max_frame_pixels,
@@ -83,8 +87,9 @@ def serving_options(args):
                          max_aspect_ratio=args.max_aspect_ratio,
                          max_frame_bytes=args.max_frame_bytes, max_scans=args.max_scans,
                          dct_scaling_above=args.dct_scaling_above or None)
-    return dict(limits=limits, max_videos=args.max_videos, clips_per_chunk=args.clips_per_chunk,
-                presampled=args.client_sampling)
+    return dict(limits=limits, max_videos=args.max_videos,
+                max_request_pixel_scans=args.max_request_pixel_scans,
+                clips_per_chunk=args.clips_per_chunk, presampled=args.client_sampling)
 
 
 def main(argv=None):
@@ -122,7 +127,8 @@ def main(argv=None):
           f"{spec.short_side}, crop {spec.crop_size}, {spec.num_clips} clip(s) x {spec.num_crops} "
           f"crop(s) per video{' (sampled by the client)' if spec.presampled else ''}")
     caps = dataclasses.asdict(spec.limits)
-    print(f"  caps: max_videos {spec.max_videos}, clips_per_chunk {spec.clips_per_chunk}, "
+    print(f"  caps: max_videos {spec.max_videos}, max_request_pixel_scans "
+          f"{spec.max_request_pixel_scans}, clips_per_chunk {spec.clips_per_chunk}, "
           + ", ".join(f"{k} {v}" for k, v in caps.items()))
     return 0
 

@@ -326,6 +326,7 @@ def test_export_cli_versions_and_overrides(tmp_path, capsys):
     assert info["spec"] == {"num_frames": 3, "crop_size": 32, "short_side": 40,
                             "sampling": "segment", "sampling_rate": 1, "num_clips": 1,
                             "num_crops": 1, "top_k": 2, "limits": limits, "max_videos": 16,
+                            "max_request_pixel_scans": 2**29,
                             "clips_per_chunk": 8, "presampled": False}
     assert serving.ServingSpec(**info["spec"]) == serving.ServingSpec(
         num_frames=3, crop_size=32, short_side=40, top_k=2)  # the JSON reads back

@@ -31,7 +31,8 @@ with an `InvalidArgument` error naming the input; a wrong dtype is rejected by t
 The graph is meant for a network, so what a request costs is bounded by the spec, not by the
 client: `ServingSpec.limits` (`preprocess.InputLimits`: frames, pixels, aspect ratio, bytes and
 JPEG scans per frame, checked from the JPEG headers and bytes before decoding), `max_videos`
-per request, and `clips_per_chunk`: a request's videos are preprocessed and classified a chunk
+per request, `max_request_pixel_scans` (the JPEG decoding a request needs, summed from
+the headers before any frame is decoded), and `clips_per_chunk`: a request's videos are preprocessed and classified a chunk
 at a time in a `tf.while_loop`, so peak memory does not grow with the batch. Each violation is
 an `InvalidArgument` naming the cap, its limit and the value (docs/serving.md).
 
@@ -77,6 +78,7 @@ class ServingSpec:
     # num_clips x T sampled frames per video (client-side sampling, for TF Serving's batcher).
     limits: preprocess.InputLimits = preprocess.InputLimits()
     max_videos: int = 16
+    max_request_pixel_scans: int = 2**29
     clips_per_chunk: int = 8
     presampled: bool = False
 
@@ -88,7 +90,7 @@ class ServingSpec:
         if not isinstance(self.presampled, bool):
             raise ValueError(f"ServingSpec.presampled must be a bool, got {self.presampled!r}")
         for key in ("num_frames", "crop_size", "short_side", "sampling_rate", "num_clips",
-                    "top_k", "max_videos", "clips_per_chunk"):
+                    "top_k", "max_videos", "max_request_pixel_scans", "clips_per_chunk"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServingSpec.{key} must be a positive int, got {value!r}")
@@ -250,6 +252,19 @@ class VideoServingModule(tf.Module):
                       f"input {name}: videos per request over the cap max_videos="
                       f"{self.spec.max_videos}; videos:", [count])
 
+    def _checked_decode_work(self, x, name, frames_of=lambda video: video, **kwargs):
+        """`x` once the decoding the request needs (sum of pixels x scans of the sampled JPEG
+        frames, from headers) is within `max_request_pixel_scans`: checked for the whole
+        request before any frame is decoded."""
+        kwargs = dict(self.spec.serving_kwargs(f"input {name}"), **kwargs)
+        work = tf.map_fn(lambda video: preprocess.decode_work(frames_of(video), **kwargs), x,
+                         fn_output_signature=tf.int64)
+        total = tf.reduce_sum(work)
+        cap = self.spec.max_request_pixel_scans
+        return _guard(x, total <= cap, f"input {name}: JPEG decoding work (pixels x scans of the "
+                      f"sampled frames) per request over the cap max_request_pixel_scans={cap}; "
+                      f"work:", [total])
+
     # -- signatures ----------------------------------------------------------------------------
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="frames")])
@@ -259,6 +274,7 @@ class VideoServingModule(tf.Module):
         frames = _checked_input(frames, "frames", "(batch, frames) of encoded JPEGs", rank=2,
                                 frames_axis=1)
         frames = self._checked_batch(frames, "frames")
+        frames = self._checked_decode_work(frames, "frames")
         kwargs = self.spec.serving_kwargs("input frames")
         return self.classify(frames, lambda video: preprocess.eval_views(video, **kwargs))
 
@@ -280,6 +296,9 @@ class VideoServingModule(tf.Module):
         examples = _checked_input(examples, "examples", "(batch,) of serialized SequenceExamples",
                                   rank=1)
         examples = self._checked_batch(examples, "examples")
+        examples = self._checked_decode_work(
+            examples, "examples", presampled=False,
+            frames_of=lambda serialized: fmt.parse_sequence_example(serialized)["frames"])
         kwargs = dict(self.spec.serving_kwargs("input examples"), presampled=False)
 
         def one(serialized):

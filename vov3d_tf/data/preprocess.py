@@ -392,7 +392,8 @@ def count_scans(encoded):
 
 
 def _checked_jpeg_header(encoded, index, limits, where):
-    """(height, width) int32 of one frame from its header, after the format, byte and scan caps."""
+    """int32 (height, width, scans) of one frame from its header and bytes, after the format,
+    byte and scan caps."""
     is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), _JPEG_MAGIC)
     encoded = guard(encoded, is_jpeg, f"{where}: frame is not a JPEG (only JPEG frames are "
                     f"decoded; PNG, WebP, GIF, ... are refused); detected format, frame index:",
@@ -402,12 +403,19 @@ def _checked_jpeg_header(encoded, index, limits, where):
         encoded = guard(encoded, size <= limits.max_frame_bytes, _cap_message(
             where, "JPEG frame size", "max_frame_bytes", limits.max_frame_bytes,
             "frame index, bytes"), [index, size])
+    scans = count_scans(encoded)
     if limits.max_scans is not None:
-        scans = count_scans(encoded)
         encoded = guard(encoded, scans <= limits.max_scans, _cap_message(
             where, "JPEG scans (progressive passes) per frame", "max_scans", limits.max_scans,
             "frame index, scans"), [index, scans])
-    return tf.io.extract_jpeg_shape(encoded)[:2]
+    return tf.concat([tf.io.extract_jpeg_shape(encoded)[:2], [scans]], axis=0)
+
+
+def _headers(encoded, unique, limits, where):
+    """int32 (len(unique), 3): height, width, scans of the frames `unique` of `encoded`."""
+    return tf.map_fn(lambda a: _checked_jpeg_header(a[0], a[1], limits, where),
+                     (tf.gather(encoded, unique), unique),
+                     fn_output_signature=tf.TensorSpec([3], tf.int32))
 
 
 def _check_frame_sizes(x, heights, widths, indices, limits, where):
@@ -474,8 +482,7 @@ def _resized_jpegs(encoded, unique, short_side, limits, where):
     """Decode and resize the frames `unique` of `encoded` one at a time, after checking every
     header: float32 (len(unique), h', w', 3) with the short side at `short_side`."""
     selected = tf.gather(encoded, unique)
-    sizes = tf.map_fn(lambda a: _checked_jpeg_header(a[0], a[1], limits, where),
-                      (selected, unique), fn_output_signature=tf.TensorSpec([2], tf.int32))
+    sizes = _headers(encoded, unique, limits, where)
     heights, widths = sizes[:, 0], sizes[:, 1]
     selected = _check_frame_sizes(selected, heights, widths, unique, limits, where)
     differ = tf.logical_or(tf.not_equal(heights, heights[0]), tf.not_equal(widths, widths[0]))
@@ -520,6 +527,24 @@ def _test_indices(count, *, num_frames, sampling, sampling_rate, num_clips, segm
     return eval_indices(count, num_frames=num_frames, sampling=sampling,
                         sampling_rate=sampling_rate, num_clips=num_clips,
                         segment_seed=segment_seed)
+
+
+def decode_work(encoded, *, num_frames, sampling="segment", sampling_rate=1, num_clips=1,
+                limits=None, presampled=False, where="video", **_):
+    """What decoding the test views of `encoded` (N,) JPEGs costs, from headers and bytes only:
+    int64 sum over the distinct sampled frames of height x width x scans (a progressive scan is
+    one more pass over every coefficient; DCT scaling does not shorten entropy decoding). Runs
+    the same format, byte and scan checks as `eval_views`. Takes `eval_views`' keyword
+    arguments (the spatial ones are ignored)."""
+    limits = limits or NO_LIMITS
+    idx = _test_indices(tf.shape(encoded)[0], num_frames=num_frames, sampling=sampling,
+                        sampling_rate=sampling_rate, num_clips=num_clips, segment_seed=None,
+                        presampled=presampled, limits=limits, where=where)
+    unique, _ = tf.unique(tf.reshape(idx, [-1]))
+    headers = _headers(encoded, unique, limits, where)
+    headers = _check_frame_sizes(headers, headers[:, 0], headers[:, 1], unique, limits, where)
+    h = tf.cast(tf.reshape(headers, [-1, 3]), tf.int64)
+    return tf.reduce_sum(h[:, 0] * h[:, 1] * tf.maximum(h[:, 2], 1))
 
 
 # --- whole test videos -------------------------------------------------------------------------
