@@ -31,10 +31,11 @@ with an `InvalidArgument` error naming the input; a wrong dtype is rejected by t
 The graph is meant for a network, so what a request costs is bounded by the spec, not by the
 client: `ServingSpec.limits` (`preprocess.InputLimits`: frames, pixels, aspect ratio, bytes and
 JPEG scans per frame, checked from the JPEG headers and bytes before decoding), `max_videos`
-per request, `max_request_pixel_scans` (the JPEG decoding a request needs, summed from
-the headers before any frame is decoded), and `clips_per_chunk`: a request's videos are preprocessed and classified a chunk
-at a time in a `tf.while_loop`, so peak memory does not grow with the batch. Each violation is
-an `InvalidArgument` naming the cap, its limit and the value (docs/serving.md).
+per request, `max_request_pixel_scans` (the JPEG decoding a request needs, summed from the
+headers before any frame is decoded), and `clips_per_chunk`: a request's videos are
+preprocessed and classified a chunk at a time in a `tf.while_loop`, so peak memory does not
+grow with the batch. Each violation is an `InvalidArgument` naming the cap, its limit and the
+value (docs/serving.md).
 
 Loading needs only TensorFlow (`tf.saved_model.load` or TF Serving); no Keras, no vov3d_tf.
 """
@@ -128,7 +129,8 @@ def spec_from_config(cfg, *, multi_view=False, top_k=5, **serving):
 
     Single view = one clip, centre crop (segment centres / the first dense window); multi-view =
     `eval.num_clips x eval.num_crops`, as `evaluate` measures. `serving`: the request cost
-    fields of `ServingSpec` (limits, max_videos, clips_per_chunk, presampled).
+    fields of `ServingSpec` (limits, max_videos, max_request_pixel_scans, clips_per_chunk,
+    presampled).
     """
     from vov3d_tf.adapters import eval_view_kwargs
 

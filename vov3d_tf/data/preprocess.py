@@ -14,6 +14,11 @@ The recipe is PySlowFast's, as used by the official VoV3D configs (ARCHITECTURE.
   * pixels / 255, then (x - 0.45) / 0.225, RGB.
 Randomness is stateless: every random function takes a `seed` int32/int64 tensor of shape (2,),
 so a pipeline is reproducible whatever its parallelism.
+
+Test views cost what the model needs, not what the input declares: each distinct sampled frame
+is decoded and resized on its own (uint8 in, float32 at the resize target out; short videos
+repeat frames after resizing), and with `InputLimits` (the served graph) frames, pixels, aspect
+ratio, bytes and JPEG scans are checked from headers and bytes before anything is decoded.
 """
 import dataclasses
 
