@@ -162,6 +162,16 @@ def test_spec_validation():
         serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling="random")
     with pytest.raises(ValueError, match="top_k must be a positive int, got 0"):
         serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=0)
+    with pytest.raises(ValueError, match="max_videos must be a positive int, got 0"):
+        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, max_videos=0)
+    with pytest.raises(ValueError, match="limits must be an InputLimits"):
+        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, limits=[1])
+    from vov3d_tf.data.preprocess import InputLimits
+    with pytest.raises(ValueError, match=r"InputLimits.max_scans must be a number >= 1 or None"):
+        InputLimits(max_scans=0)
+    with pytest.raises(ValueError, match=r"InputLimits.max_frames must be an int, got 2.5"):
+        InputLimits(max_frames=2.5)
+    assert InputLimits(max_aspect_ratio=2.5).max_aspect_ratio == 2.5
 
 
 def test_spec_from_config_uses_eval_preprocessing():

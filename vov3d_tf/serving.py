@@ -298,19 +298,19 @@ class VideoServingModule(tf.Module):
         examples = _checked_input(examples, "examples", "(batch,) of serialized SequenceExamples",
                                   rank=1)
         examples = self._checked_batch(examples, "examples")
-        examples = self._checked_decode_work(
-            examples, "examples", presampled=False,
-            frames_of=lambda serialized: fmt.parse_sequence_example(serialized)["frames"])
-        kwargs = dict(self.spec.serving_kwargs("input examples"), presampled=False)
 
-        def one(serialized):
+        def frames_of(serialized):
             record = fmt.parse_sequence_example(serialized)
-            frames = _guard(record["frames"], record["num_frames"] > 0,
-                            f"input examples: feature list {fmt.IMAGE_KEY} has no frames "
-                            f"in video", [record["filename"]])
-            return preprocess.eval_views(frames, **kwargs)
+            return _guard(record["frames"], record["num_frames"] > 0,
+                          f"input examples: feature list {fmt.IMAGE_KEY} has no frames "
+                          f"in video", [record["filename"]])
 
-        return self.classify(examples, one)
+        examples = self._checked_decode_work(examples, "examples", presampled=False,
+                                             frames_of=frames_of)
+        kwargs = dict(self.spec.serving_kwargs("input examples"), presampled=False)
+        return self.classify(examples,
+                             lambda serialized: preprocess.eval_views(frames_of(serialized),
+                                                                      **kwargs))
 
     def signatures(self):
         return {SIGNATURE_JPEG: self.serve_jpeg, SIGNATURE_FRAMES: self.serve_frames,
