@@ -456,9 +456,9 @@ def round_width(width, multiplier, divisor=8):
     return r + divisor if r < 0.9 * v else r
 
 
-def se_width(channels, ratio=0.0625):
+def se_width(channels, ratio=0.0625, divisor=8):
     """SE bottleneck width: round_width(C * 1/16) (ARCHITECTURE.md §5)."""
-    return round_width(channels, ratio)
+    return round_width(channels, ratio, divisor)
 
 
 def apply_squeeze_excite(x, name):
