@@ -20,11 +20,13 @@ D(2+1)D's `nn.Sequential` are `...a.1` and `...c.1`, names without "bn", and *ar
 BN is named `*_bn` and none is decayed (§14.5).
 """
 import keras
+import tensorflow as tf
 from keras import ops
 
 from vov3d_tf.convert import official_names
 
-__all__ = ["ReferenceSGD", "reference_decay_exclusions", "reference_sgd", "OPTIMIZER_FORMS"]
+__all__ = ["ReferenceSGD", "reference_decay_exclusions", "reference_sgd", "OPTIMIZER_FORMS",
+           "WarmupStepsDecay"]
 
 # `train.optimizer` values: the reference's step, or Keras' SGD (decoupled decay, LR in the
 # velocity; weight decay on kernels only).
@@ -99,3 +101,48 @@ def reference_sgd(model, learning_rate, momentum=0.9, nesterov=True, weight_deca
     return ReferenceSGD(learning_rate, momentum=momentum, nesterov=nesterov,
                         weight_decay=weight_decay,
                         decay_exclude=reference_decay_exclusions(model) if weight_decay else ())
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class WarmupStepsDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """PySlowFast's `steps_with_relative_lrs` policy with linear warm-up, per step (§12)::
+
+        lr(s) = peak * relative[i]      for the last i with lr_steps[i] <= s / steps_per_epoch
+        lr(s) = start + (lr(warmup) - start) * s / warmup                     s <  warmup
+
+    `lr_steps` are epochs (fractional allowed) and start at 0, as the reference's
+    `SOLVER.STEPS`; e.g. the K400 -> SSv2 fine-tune: peak 0.05, steps [0, 35, 45], relative
+    [1, 0.1, 0.01], 50 epochs.
+    """
+
+    def __init__(self, peak_lr, steps_per_epoch, lr_steps, lr_relative, warmup_steps=0,
+                 warmup_start_lr=0.0):
+        if len(lr_steps) != len(lr_relative) or not lr_steps or lr_steps[0] != 0:
+            raise ValueError(f"lr_steps must start at 0 and match lr_relative in length, got "
+                             f"{list(lr_steps)} and {list(lr_relative)}")
+        self.peak_lr = float(peak_lr)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.lr_steps = [float(e) for e in lr_steps]
+        self.lr_relative = [float(r) for r in lr_relative]
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_start_lr = float(warmup_start_lr)
+
+    def _policy(self, step):
+        epoch = step / float(self.steps_per_epoch)
+        index = tf.reduce_sum(tf.cast(epoch >= tf.constant(self.lr_steps[1:] or [1e30]),
+                                      tf.int32)) if len(self.lr_steps) > 1 else 0
+        return self.peak_lr * tf.gather(tf.constant(self.lr_relative), index)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        lr = self._policy(step)
+        if self.warmup_steps <= 0:
+            return lr
+        end = self._policy(tf.constant(float(self.warmup_steps)))
+        warm = self.warmup_start_lr + (end - self.warmup_start_lr) * step / self.warmup_steps
+        return tf.where(step < self.warmup_steps, warm, lr)
+
+    def get_config(self):
+        return {"peak_lr": self.peak_lr, "steps_per_epoch": self.steps_per_epoch,
+                "lr_steps": self.lr_steps, "lr_relative": self.lr_relative,
+                "warmup_steps": self.warmup_steps, "warmup_start_lr": self.warmup_start_lr}
