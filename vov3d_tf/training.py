@@ -174,9 +174,10 @@ def make_optimizer(train_cfg, model, steps_per_epoch):
 def use_synchronized_batchnorm(model):
     """Compute BN batch statistics over all replicas (SyncBN) in every BN layer of `model`.
 
-    Keras' BatchNormalization reads its `synchronized` flag when traced, so setting it before
-    the first train step equals building with `BatchNormalization(synchronized=True)`; the
-    saved model config is unchanged (inference does not use batch statistics).
+    The flag is read when traced, so setting it before the first train step equals building
+    with `synchronized=True`; `vov3d_tf.layers.BatchNorm` then all-reduces the statistics with
+    the fused BN's numbers (two-pass variance, unbiased moving variance). The saved model
+    config is unchanged (inference does not use batch statistics).
     """
     n = 0
     for layer in model._flatten_layers(include_self=False):
