@@ -69,8 +69,9 @@ def test_official_npz_source(parity_weights, tmp_path):
     model = vov3d_tf.create_model("vov3d_m", 174)
     report = finetune.load_initial_weights(model, str(path), log=lambda _: None)
     assert report["reinitialized"] == ["head_projection"]
+    official = parity_weights["s2.pathway0_res0.branch2.layers.1.a.1.running_var"]
     np.testing.assert_array_equal(model.get_layer("s2_b0_u1_a_bn").moving_variance.numpy(),
-                                  parity_weights["s2.pathway0_res0.branch2.layers.1.a.1.running_var"])
+                                  official)
     np.testing.assert_array_equal(model.get_layer("stem_conv_t").kernel.numpy()[:, 0, :, 0],
                                   parity_weights["s1.pathway0_stem.conv.weight"][:, 0, :, 0, 0].T)
 

@@ -41,7 +41,8 @@ SCRIPT = textwrap.dedent("""
             xs = strategy.experimental_distribute_values_from_function(halves(x))
             gs = strategy.experimental_distribute_values_from_function(halves(g))
             y, dx, dgamma = strategy.run(tf.function(step), (xs, gs))
-            cat = lambda v: np.concatenate([t.numpy() for t in strategy.experimental_local_results(v)])
+            local = strategy.experimental_local_results
+            cat = lambda v: np.concatenate([t.numpy() for t in local(v)])
             y, dx = cat(y), cat(dx)
             dgamma = sum(t.numpy() for t in strategy.experimental_local_results(dgamma))
         return dict(y=y, dx=dx, dgamma=dgamma, mean=bn.moving_mean.numpy(),
