@@ -168,3 +168,12 @@ def test_steps_with_relative_lrs_by_hand():
 def test_config_errors(train, message):
     with pytest.raises(ValueError, match=message):
         config_from_dict({"train": dict({"epochs": 10}, **train)}, "x.json")
+
+
+def test_checkpoint_without_form_marker_counts_as_keras_sgd(tmp_path):
+    path = tf.train.Checkpoint(v=tf.Variable(1.0)).save(str(tmp_path / "old"))  # pre-marker
+    training._check_optimizer_form(path, "keras", "x.json")  # resumes
+    with pytest.raises(ValueError, match=r"x.json: train.optimizer is 'reference' but the "
+                                         r"checkpoint .* 'keras' optimizer form .*"
+                                         r"--set train.optimizer=keras"):
+        training._check_optimizer_form(path, "reference", "x.json")
