@@ -26,11 +26,13 @@ from keras import ops
 from vov3d_tf.convert import official_names
 
 __all__ = ["ReferenceSGD", "reference_decay_exclusions", "reference_sgd", "OPTIMIZER_FORMS",
-           "WarmupStepsDecay"]
+           "LR_POLICIES", "WarmupStepsDecay"]
 
 # `train.optimizer` values: the reference's step, or Keras' SGD (decoupled decay, LR in the
 # velocity; weight decay on kernels only).
 OPTIMIZER_FORMS = ("reference", "keras")
+# `train.lr_policy` values (after the linear warm-up): PySlowFast's names.
+LR_POLICIES = ("cosine", "steps_with_relative_lrs")
 
 
 def reference_decay_exclusions(model):
