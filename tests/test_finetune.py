@@ -43,6 +43,8 @@ def test_keras_source_loads_exactly_and_new_classes_reinitialise_the_classifier(
     assert kernel.shape == (2048, 5) and 0.005 < kernel.std() < 0.015 and not bias.any()
     assert report["reinitialized"] == ["head_projection"]
     assert report["loaded"] == len(model.weights) - 2
+    assert len(report["loaded_layers"]) == len([l for l in model.layers if l.weights]) - 1
+    assert "head_projection" not in report["loaded_layers"]
     assert report["sha256"] == finetune.sha256(path) and len(report["sha256"]) == 64
     assert "re-initialised head_projection (num_classes differs: 3 -> 5)" in lines[0]
 

@@ -63,8 +63,9 @@ def _source_weights(model, path):
 def load_initial_weights(model, path, log=print):
     """Copy the weights at `path` into `model`; returns a report dict.
 
-    Report: `path`, `sha256`, `loaded` (number of tensors copied), `reinitialized` (layer names
-    kept at their fresh initialisation: the classifier when num_classes differs).
+    Report: `path`, `sha256`, `loaded` (number of tensors copied), `loaded_layers` (their layer
+    names), `reinitialized` (layer names kept at their fresh initialisation: the classifier
+    when num_classes differs).
     Raises ValueError listing every missing, unexpected and mis-shaped layer otherwise.
     """
     if not os.path.exists(path):
@@ -96,7 +97,8 @@ def load_initial_weights(model, path, log=print):
         layer.set_weights(arrays)
     loaded = sum(len(arrays) for _, arrays in assignments)
     report = {"path": os.path.abspath(path), "sha256": sha256(path), "loaded": loaded,
-              "loaded_layers": len(assignments), "reinitialized": reinitialized}
+              "loaded_layers": [layer.name for layer, _ in assignments],
+              "reinitialized": reinitialized}
     log(f"[vov3d] init_weights {path}: loaded {loaded} tensors of {len(assignments)} layers"
         + (f"; re-initialised {', '.join(reinitialized)} (num_classes differs: "
            f"{source[CLASSIFIER][-1].shape[0]} -> {model.num_classes})" if reinitialized else ""))
