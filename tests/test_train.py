@@ -66,7 +66,7 @@ def test_lr_scaling_and_weight_decay_exclusions():
     cfg = config_from_dict({"model": {"num_classes": 5, "base_width": 8, "num_conv": 2,
                                       "blocks": [1, 1, 1, 1]},
                             "train": {"batch_size": 128, "base_lr": 0.1, "epochs": 10,
-                                      "lr_reference_batch": 64}})
+                                      "lr_reference_batch": 64, "optimizer": "keras"}})
     assert training.scaled_learning_rate(cfg.train) == pytest.approx(0.2)
     model = training.model_from_config(cfg.model)
     assert (model.base_width, model.num_conv, model.blocks) == (8, 2, (1, 1, 1, 1))
@@ -80,9 +80,11 @@ def test_lr_scaling_and_weight_decay_exclusions():
                                            if v.name == "bias")
     assert all(p.endswith(("gamma", "beta", "bias")) for p in kept)
     assert all(p.endswith("kernel") for p in decayed) and len(decayed) > 10
-    assert isinstance(training.make_optimizer(
-        config_from_dict({"train": {"mixed_precision": "mixed_float16"}}).train, model, 10),
-        keras.optimizers.LossScaleOptimizer)
+    wrapped = training.make_optimizer(
+        config_from_dict({"train": {"mixed_precision": "mixed_float16"}}).train, model, 10)
+    assert isinstance(wrapped, keras.optimizers.LossScaleOptimizer)
+    from vov3d_tf.optim import ReferenceSGD  # the default form (tests/test_optim.py)
+    assert isinstance(wrapped.inner_optimizer, ReferenceSGD)
 
 
 def test_strategy_selection(monkeypatch):

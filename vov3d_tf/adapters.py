@@ -11,12 +11,14 @@ the two is here, once:
     train_dataset_kwargs(cfg, seed=)    -> data.make_dataset(train_files, **kwargs)
     eval_dataset_kwargs(cfg)            -> data.make_dataset(eval_files, **kwargs)
     class_names(cfg)                    -> data.labels_file, else the shards' manifest labels
+    lr_schedule_args(train_cfg, spe)    -> (schedule class name, its keyword arguments)
 
 Nothing here imports TensorFlow at module level.
 """
 
 __all__ = ["ARCHITECTURE_KEYS", "model_overrides", "model_from_config", "test_crop_size",
-           "eval_view_kwargs", "train_dataset_kwargs", "eval_dataset_kwargs", "class_names"]
+           "eval_view_kwargs", "train_dataset_kwargs", "eval_dataset_kwargs", "class_names",
+           "lr_schedule_args"]
 
 # `model` keys that change the architecture (what the search varies and the FLOPs depend on).
 ARCHITECTURE_KEYS = ("base_width", "num_conv", "blocks")
@@ -96,3 +98,21 @@ def class_names(cfg):
     if cfg.data.labels_file:
         return read_labels(cfg.data.labels_file)
     return manifest_labels([cfg.data.eval_files, cfg.data.train_files])
+
+
+def lr_schedule_args(train_cfg, steps_per_epoch):
+    """`train` section -> ("WarmupCosineDecay" or "WarmupStepsDecay", keyword arguments).
+
+    Peak LR = base_lr x batch_size / lr_reference_batch (linear scaling); the warm-up is
+    `warmup_epochs` rounded to whole steps.
+    """
+    t = train_cfg
+    peak = t.base_lr * t.batch_size / t.lr_reference_batch
+    warmup = dict(warmup_steps=int(round(t.warmup_epochs * steps_per_epoch)),
+                  warmup_start_lr=t.warmup_start_lr)
+    if t.lr_policy == "cosine":
+        return "WarmupCosineDecay", dict(peak_lr=peak, total_steps=t.epochs * steps_per_epoch,
+                                         **warmup)
+    return "WarmupStepsDecay", dict(peak_lr=peak, steps_per_epoch=steps_per_epoch,
+                                    lr_steps=tuple(t.lr_steps), lr_relative=tuple(t.lr_relative),
+                                    **warmup)

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from vov3d_tf import models
+from vov3d_tf import finetune, models, optim
 from vov3d_tf.adapters import eval_crop_size
 from vov3d_tf.data import preprocess
 from vov3d_tf.data.pipeline import ON_CORRUPT
@@ -59,6 +59,10 @@ class ModelConfig:
     # [16, 7, 7] for 16x224 training clips (matches its output at larger test crops, §6).
     head_pool_size: Optional[tuple[int, ...]] = field(default=None,
                                                       metadata={"length": 3, **_positive()})
+    # Start a fresh run from these weights: a .keras of this project, or an official PySlowFast
+    # .pth/.pyth/.npz (through vov3d_tf.convert). A different num_classes re-initialises the
+    # classifier; a resumed run takes its own checkpoint instead.
+    init_weights: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,20 @@ class TrainConfig:
     lr_reference_batch: int = field(default=64, metadata=_positive())  # LR = base * bs / ref
     warmup_epochs: float = field(default=1.0, metadata=_range(0.0))
     warmup_start_lr: float = field(default=0.01, metadata=_range(0.0))
+    # LR policy after the warm-up: `cosine` (ends at 0) or PySlowFast's `steps_with_relative_lrs`
+    # (lr = peak * lr_relative[i] from epoch lr_steps[i]; lr_steps starts at 0).
+    lr_policy: Literal[optim.LR_POLICIES] = "cosine"
+    lr_steps: Optional[tuple[float, ...]] = field(default=None, metadata=_range(0.0))
+    lr_relative: Optional[tuple[float, ...]] = field(default=None, metadata=_positive())
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))
     nesterov: bool = True
-    weight_decay: float = field(default=5e-5, metadata=_range(0.0))  # not on BN and biases
+    # `reference`: torch.optim.SGD's step (coupled L2 decay on the parameters whose official
+    # name has no "bn", vov3d_tf.optim); `keras`: Keras' SGD (decoupled decay, kernels only).
+    optimizer: Literal[optim.OPTIMIZER_FORMS] = "reference"
+    weight_decay: float = field(default=5e-5, metadata=_range(0.0))
+    # Parameters not trained: `none`, `backbone` (train the head only), or every stage up to
+    # and including the named one (`stem`, `s2` ... `s5`); frozen BNs run in inference mode.
+    freeze: Literal[finetune.FREEZE_CHOICES] = "none"
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
     mixed_precision: Optional[Literal["mixed_float16", "mixed_bfloat16"]] = None
     sync_bn: bool = False  # BN statistics over all replicas instead of per replica
@@ -275,6 +290,22 @@ def _check_consistency(cfg, source):
     if cfg.train.warmup_epochs > cfg.train.epochs:
         raise err("train.warmup_epochs", f"{cfg.train.warmup_epochs} exceeds train.epochs "
                                          f"{cfg.train.epochs}")
+    t = cfg.train
+    if t.lr_policy == "steps_with_relative_lrs":
+        if t.lr_steps is None or t.lr_relative is None:
+            raise err("train.lr_steps", "train.lr_policy 'steps_with_relative_lrs' needs "
+                                        "train.lr_steps and train.lr_relative")
+        if len(t.lr_steps) != len(t.lr_relative):
+            raise err("train.lr_relative", f"{len(t.lr_relative)} values for "
+                                           f"{len(t.lr_steps)} train.lr_steps")
+        if t.lr_steps[0] != 0 or any(b <= a for a, b in zip(t.lr_steps, t.lr_steps[1:])):
+            raise err("train.lr_steps", f"expected increasing epochs starting at 0, got "
+                                        f"{list(t.lr_steps)}")
+        if t.lr_steps[-1] >= t.epochs:
+            raise err("train.lr_steps", f"{t.lr_steps[-1]} is not before train.epochs {t.epochs}")
+    elif t.lr_steps is not None or t.lr_relative is not None:
+        raise err("train.lr_steps", "train.lr_steps / train.lr_relative apply to lr_policy "
+                                    "'steps_with_relative_lrs' only; use null")
     if cfg.data.synthetic is not None:
         _check_synthetic_kwargs(cfg.data.synthetic, source)
 

@@ -127,12 +127,9 @@ def load_torch_weights(model, state):
     for name, layer in by_name.items():
         params = pending.get(name, {})
         torch_module = torch_module_name(name, model.family)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            wanted = list(_BN_PARAMS)
-            arrays = [params.get(p) for p in wanted]
-        else:
-            wanted = ["weight"] + (["bias"] if len(layer.weights) > 1 else [])
-            arrays = [params.get("weight"), params.get("bias")][:len(wanted)]
+        wanted = official_params(layer)
+        arrays = [params.get(p) for p in wanted]
+        if not isinstance(layer, keras.layers.BatchNormalization):
             if arrays[0] is not None:
                 try:
                     arrays[0] = torch_kernel_to_keras(layer, arrays[0])
@@ -159,6 +156,33 @@ def load_torch_weights(model, state):
     for layer, arrays in assignments:
         layer.set_weights(arrays)
     return model
+
+
+def official_params(layer):
+    """Official parameter suffixes of `layer`'s weights, in `layer.weights` order."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return list(_BN_PARAMS)
+    return ["weight", "bias"][:len(layer.weights)]
+
+
+def official_names(model):
+    """{Keras variable path: official PyTorch parameter name} for every weight of `model`.
+
+    The single mapping between the two namings (the converter and the reference optimizer's
+    weight-decay set both use it), e.g. `s2_b0_u1_a_bn/gamma` -> `s2.pathway0_res0.branch2.
+    layers.1.a.1.weight`. Raises ValueError naming a weight without an official counterpart.
+    """
+    names = {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        module = torch_module_name(layer.name, model.family)
+        if keras_layer_name(module, model.family) != layer.name:
+            raise ValueError(f"layer {layer.name!r} of {model.name} has no official PyTorch "
+                             f"counterpart")
+        for param, var in zip(official_params(layer), layer.weights):
+            names[var.path] = f"{module}.{param}"
+    return names
 
 
 def _invert(d):

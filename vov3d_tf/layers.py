@@ -408,14 +408,23 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     Keras 3 normalises with separate moments / subtract / scale ops and keeps several
     activation-sized temporaries for the backward pass; `FusedBatchNormV3` keeps one. Same
-    weights, same moving-average update (PyTorch momentum 0.1 == Keras 0.9); inference, masks,
-    `synchronized=True` and renorm use the parent implementation.
+    weights, same moving-average update (PyTorch momentum 0.1 == Keras 0.9); inference, masks
+    and renorm use the parent implementation.
+
+    `synchronized=True` (SyncBN) computes the batch statistics over all replicas with the same
+    numbers as the fused kernel: a two-pass variance (mean first, then the mean squared
+    deviation from it, not E[x^2] - E[x]^2) for normalising, and the unbiased variance
+    (x n / (n - 1), n = elements per channel over all replicas) for the moving average, as
+    PyTorch's SyncBatchNorm. Keras' own synchronized BN uses the one-pass formula and the
+    biased variance.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if (not (training and self.trainable) or mask is not None or self.synchronized
-                or self.renorm or self.axis not in (-1, len(inputs.shape) - 1)):
+        if (not (training and self.trainable) or mask is not None or self.renorm
+                or self.axis not in (-1, len(inputs.shape) - 1)):
             return super().call(inputs, training=training, mask=mask)
+        if self.synchronized:
+            return self._synchronized_call(inputs)
         channels = inputs.shape[-1]
         x = tf.reshape(inputs, (-1, 1, 1, channels))
         ones = tf.ones((channels,), tf.float32)
@@ -430,6 +439,31 @@ class BatchNorm(keras.layers.BatchNormalization):
         self.moving_variance.assign(self.moving_variance * m
                                     + tf.cast(var, self.moving_variance.dtype) * (1 - m))
         return tf.cast(tf.reshape(y, _dims(inputs)), self.compute_dtype)
+
+    def _synchronized_call(self, inputs):
+        x = tf.cast(inputs, tf.float32)
+        axes = list(range(len(inputs.shape) - 1))
+        ctx = tf.distribute.get_replica_context()
+        local_n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+        total, n = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  [tf.reduce_sum(x, axis=axes), local_n])
+        mean = total / n
+        centered = x - mean
+        var = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                             tf.reduce_sum(tf.square(centered), axis=axes)) / n
+        y = centered * tf.math.rsqrt(var + self.epsilon)
+        if self.scale:
+            y = y * tf.cast(self.gamma, tf.float32)
+        if self.center:
+            y = y + tf.cast(self.beta, tf.float32)
+        unbiased = var * n / tf.maximum(n - 1.0, 1.0)
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m
+                                + tf.cast(tf.stop_gradient(mean), self.moving_mean.dtype) * (1 - m))
+        self.moving_variance.assign(self.moving_variance * m
+                                    + tf.cast(tf.stop_gradient(unbiased),
+                                              self.moving_variance.dtype) * (1 - m))
+        return tf.cast(y, self.compute_dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,12 @@ Read top to bottom, `run(cfg)` (`_run`) is:
               seeds; the data (`_RunData`: shards, or in-memory datasets) checked, labelled and
               counted before anything is built
     model     model_from_config(cfg.model) (the config stops there), optional synchronized BN;
-              SGD Nesterov 0.9, base LR x batch / reference batch, linear warm-up then cosine,
-              weight decay on everything but BatchNorm parameters and biases
-    restore   the latest tf.train checkpoint (weights, optimizer slots, step => schedule)
+              a fresh run starts from model.init_weights if set, then train.freeze; the
+              reference's SGD step (vov3d_tf.optim: Nesterov 0.9, coupled L2 decay on the
+              official no-"bn" parameters) or Keras' SGD (train.optimizer); base LR x batch /
+              reference batch, linear warm-up then cosine or steps (train.lr_policy)
+    restore   the latest tf.train checkpoint (weights, optimizer slots, step => schedule); a
+              checkpoint of the other optimizer form is refused
     data      the datasets, the training stream seeded from the restored step
     fit       keras fit, resumed mid-epoch at the saved step; checkpoints every N steps and at
               every epoch end; NaN/inf loss stops with the last good checkpoint kept
@@ -23,6 +26,7 @@ Everything is written into `cfg.train.output_dir`:
     final_metrics.json     top-1/top-5 of the final multi-view test; its presence = finished
     per_class_accuracy.csv, confusion_matrix.png
     predictions.csv        every eval video's top-5 (video id, filename, true label, scores)
+    init_weights.json      model.init_weights: source path, sha256, what was loaded/re-initialised
 """
 import json
 import math
@@ -34,8 +38,8 @@ import time
 import keras
 import tensorflow as tf
 
-from vov3d_tf import _compat, evaluation
-from vov3d_tf.adapters import class_names, model_from_config
+from vov3d_tf import _compat, evaluation, finetune, optim
+from vov3d_tf.adapters import class_names, lr_schedule_args, model_from_config
 from vov3d_tf.config import config_to_dict, save_config
 from vov3d_tf.data.datasets import check_data, count_records, ensure_synthetic, make_datasets
 from vov3d_tf.models import VideoClassifier, create_model  # noqa: F401  (create_model: re-export)
@@ -49,7 +53,11 @@ __all__ = ["model_from_config", "select_strategy", "scaled_learning_rate", "Warm
 CHECKPOINT_DIR = "checkpoints"
 FINAL_METRICS = "final_metrics.json"
 RUN_FILES = ("config.json", CHECKPOINT_DIR, "logs", "history.csv", "best.keras", "last.keras",
-             FINAL_METRICS, "per_class_accuracy.csv", "confusion_matrix.png", "eval")
+             FINAL_METRICS, "per_class_accuracy.csv", "confusion_matrix.png", "eval",
+             "init_weights.json")
+# The checkpoint records which optimizer form wrote its momentum slots; checkpoints from before
+# this marker existed were written by Keras' SGD.
+OPTIMIZER_FORM_KEY = "optimizer_form/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -135,21 +143,32 @@ def _no_decay_variables(model):
     return out
 
 
-def make_optimizer(train_cfg, model, steps_per_epoch):
-    """SGD (Nesterov) with the warm-up + cosine schedule; weight decay not on BN and biases.
+def make_schedule(train_cfg, steps_per_epoch):
+    """The LR schedule of `train.lr_policy` (with its linear warm-up), per step."""
+    name, kwargs = lr_schedule_args(train_cfg, steps_per_epoch)
+    return {"WarmupCosineDecay": WarmupCosineDecay,
+            "WarmupStepsDecay": optim.WarmupStepsDecay}[name](**kwargs)
 
-    Keras' weight decay is decoupled (w -= lr * wd * w each step), PyTorch's SGD adds wd * w
-    to the gradient; with momentum 0.9 the two differ by the momentum amplification.
+
+def make_optimizer(train_cfg, model, steps_per_epoch):
+    """SGD Nesterov with the warm-up schedule, in the form `train.optimizer` names.
+
+    `reference`: `vov3d_tf.optim.ReferenceSGD`, torch.optim.SGD's step with coupled L2 decay
+    (`g += wd * w` before momentum) on every parameter whose official name has no "bn"
+    (biases and the D(2+1)D `a.1`/`c.1` BNs included). `keras`: Keras' SGD, decoupled decay
+    (`w -= lr * wd * w`) on kernels only. Build `model` (and freeze it) before calling this.
     """
-    total = train_cfg.epochs * steps_per_epoch
-    warmup = int(round(train_cfg.warmup_epochs * steps_per_epoch))
-    schedule = WarmupCosineDecay(scaled_learning_rate(train_cfg), total, warmup,
-                                 train_cfg.warmup_start_lr)
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=train_cfg.momentum,
-                                     nesterov=train_cfg.nesterov,
-                                     weight_decay=train_cfg.weight_decay or None)
-    if train_cfg.weight_decay:
-        optimizer.exclude_from_weight_decay(var_list=_no_decay_variables(model))
+    schedule = make_schedule(train_cfg, steps_per_epoch)
+    if train_cfg.optimizer == "reference":
+        optimizer = optim.reference_sgd(model, schedule, momentum=train_cfg.momentum,
+                                        nesterov=train_cfg.nesterov,
+                                        weight_decay=train_cfg.weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=train_cfg.momentum,
+                                         nesterov=train_cfg.nesterov,
+                                         weight_decay=train_cfg.weight_decay or None)
+        if train_cfg.weight_decay:
+            optimizer.exclude_from_weight_decay(var_list=_no_decay_variables(model))
     if train_cfg.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -158,9 +177,10 @@ def make_optimizer(train_cfg, model, steps_per_epoch):
 def use_synchronized_batchnorm(model):
     """Compute BN batch statistics over all replicas (SyncBN) in every BN layer of `model`.
 
-    Keras' BatchNormalization reads its `synchronized` flag when traced, so setting it before
-    the first train step equals building with `BatchNormalization(synchronized=True)`; the
-    saved model config is unchanged (inference does not use batch statistics).
+    The flag is read when traced, so setting it before the first train step equals building
+    with `synchronized=True`; `vov3d_tf.layers.BatchNorm` then all-reduces the statistics with
+    the fused BN's numbers (two-pass variance, unbiased moving variance). The saved model
+    config is unchanged (inference does not use batch statistics).
     """
     n = 0
     for layer in _compat.flatten_layers(model):
@@ -337,8 +357,9 @@ def _prepare_output_dir(cfg, source, force, chief):
     if ckpt and os.path.exists(saved):
         before = _read_json(saved)
         now = config_to_dict(cfg)
-        for section in ("model",):
-            if before.get(section) != now[section]:
+        for section in ("model",):  # init_weights only matters for a fresh run
+            if ({k: v for k, v in (before.get(section) or {}).items() if k != "init_weights"}
+                    != {k: v for k, v in now[section].items() if k != "init_weights"}):
                 raise ValueError(
                     f"{source}: train.output_dir {out!r} holds a checkpoint of a different "
                     f"{section!r} section ({before.get(section)} vs {now[section]}); use another "
@@ -352,6 +373,28 @@ def _prepare_output_dir(cfg, source, force, chief):
         os.makedirs(out, exist_ok=True)
         save_config(cfg, saved)
     return None
+
+
+def _check_optimizer_form(path, wanted, source):
+    """Refuse to resume momentum slots written by the other optimizer form (they hold
+    different quantities: raw gradient sums vs LR-scaled velocities)."""
+    reader = tf.train.load_checkpoint(path)
+    if reader.has_tensor(OPTIMIZER_FORM_KEY):
+        written = reader.get_tensor(OPTIMIZER_FORM_KEY)
+        written = written.decode() if isinstance(written, bytes) else str(written)
+    else:
+        written = "keras"  # written before train.optimizer existed: Keras' SGD
+    if written != wanted:
+        raise ValueError(
+            f"{source}: train.optimizer is {wanted!r} but the checkpoint {path} was written with "
+            f"the {written!r} optimizer form ({_FORMS[written]}); its momentum slots mean "
+            f"something else under {wanted!r} ({_FORMS[wanted]}). Resume with "
+            f"--set train.optimizer={written}, or start over with --force or another "
+            f"train.output_dir")
+
+
+_FORMS = {"reference": "torch.optim.SGD: buffer = m * buffer + grad, coupled L2 decay",
+          "keras": "Keras SGD: velocity = m * velocity - lr * grad, decoupled decay"}
 
 
 def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
@@ -416,13 +459,26 @@ class _RunData:
         return train_ds
 
 
-def _compile(cfg, strategy, steps_per_epoch):
-    """The model, compiled with the paper's optimiser and loss, and the best-top-1 variable."""
+def _compile(cfg, strategy, steps_per_epoch, *, fresh, chief):
+    """The model, compiled with the paper's optimiser and loss, and the best-top-1 variable.
+
+    A `fresh` run (no checkpoint to resume) starts from `model.init_weights` if set (the
+    chief records its source in init_weights.json); then `train.freeze` applies."""
     tc = cfg.train
+    out = tc.output_dir
     with strategy.scope():
         model = model_from_config(cfg.model)
         if tc.sync_bn:
             use_synchronized_batchnorm(model)
+        if cfg.model.init_weights and fresh:
+            report = finetune.load_initial_weights(model, cfg.model.init_weights)
+            if chief:
+                with open(os.path.join(out, "init_weights.json"), "w") as f:
+                    json.dump(report, f, indent=2)
+        frozen = finetune.freeze(model, tc.freeze)
+        if frozen:
+            print(f"[vov3d] train.freeze={tc.freeze}: {len(frozen)} layers frozen "
+                  f"({frozen[0]} ... {frozen[-1]}), BN of those in inference mode", flush=True)
         optimizer = make_optimizer(tc, model, steps_per_epoch)
         if tc.label_smoothing:
             loss = keras.losses.CategoricalCrossentropy(from_logits=True,
@@ -439,9 +495,12 @@ def _compile(cfg, strategy, steps_per_epoch):
     return model, best_top1
 
 
-def _restore(model, best_top1, out, strategy):
-    """(checkpoint manager, restored step): the latest checkpoint of the run, if any."""
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer, best_top1=best_top1)
+def _restore(model, best_top1, out, strategy, optimizer_form):
+    """(checkpoint manager, restored step): the latest checkpoint of the run, if any. The
+    checkpoint records `optimizer_form` (train.optimizer), see `_check_optimizer_form`."""
+    form = tf.Variable(optimizer_form, trainable=False, dtype=tf.string)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer, best_top1=best_top1,
+                               optimizer_form=form)
     ckpt_dir = _worker_dir(os.path.join(out, CHECKPOINT_DIR), strategy)
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=2)
     latest = tf.train.latest_checkpoint(os.path.join(out, CHECKPOINT_DIR))
@@ -490,8 +549,11 @@ def _run(cfg, *, source, force, datasets, verbose):
     total_steps = tc.epochs * steps_per_epoch
 
     # --- model and checkpoint: a resumed run continues at the saved step ----------------------
-    model, best_top1 = _compile(cfg, strategy, steps_per_epoch)
-    manager, step, restored = _restore(model, best_top1, out, strategy)
+    latest = tf.train.latest_checkpoint(os.path.join(out, CHECKPOINT_DIR))
+    if latest:
+        _check_optimizer_form(latest, tc.optimizer, source)
+    model, best_top1 = _compile(cfg, strategy, steps_per_epoch, fresh=not latest, chief=chief)
+    manager, step, restored = _restore(model, best_top1, out, strategy, tc.optimizer)
     if restored:
         print(f"[vov3d] resuming {out} from {restored}: step {step}/{total_steps} "
               f"(epoch {step // steps_per_epoch + 1}, step {step % steps_per_epoch} of "
