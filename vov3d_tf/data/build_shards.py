@@ -97,6 +97,7 @@ def write_shard(output_dir, split, name, digest, shard_items, outcomes, num_labe
     result = {"file": name, "records": records, "sha256": digest_file, "skipped": len(skipped),
               "class_counts": counts, "frame_rates": dict(sorted(rates.items())),
               "skipped_videos": skipped, "size": fileio.getsize(fileio.join(output_dir, name))}
+    fileio.makedirs(state_path(output_dir, split))
     shards.atomic_write_text(fileio.join(state_path(output_dir, split), name + ".json"),
                              json.dumps({"plan": digest, "result": result}))
     return result
