@@ -11,7 +11,7 @@ Override values are parsed as JSON (`3`, `[1,1,1,1]`, `null`, `true`); anything 
 JSON is taken as a string (`model.name=vov3d_l`). Relative paths in the config are relative
 to the working directory (run the commands from the repository root).
 
-The config stops at adapters (`vov3d_tf.training.model_from_config`, the dataset builders):
+The config stops at one adapter module (`vov3d_tf.adapters`: model, data and view arguments):
 layers and models never see it.
 """
 import dataclasses
@@ -20,6 +20,8 @@ import math
 import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+from vov3d_tf.adapters import eval_crop_size
 
 __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "SearchConfig",
            "SearchSpaceConfig", "load_config", "config_from_dict", "config_to_dict",
@@ -251,7 +253,7 @@ def _check_consistency(cfg, source):
     if lo < cfg.data.crop_size:
         raise err("data.train_short_side", f"min {lo} is smaller than data.crop_size "
                                            f"{cfg.data.crop_size}")
-    test_crop = cfg.data.test_crop_size or cfg.data.test_short_side
+    test_crop = eval_crop_size(cfg.data)
     if test_crop > cfg.data.test_short_side:
         raise err("data.test_crop_size", f"{test_crop} exceeds data.test_short_side "
                                          f"{cfg.data.test_short_side}")

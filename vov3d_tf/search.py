@@ -516,9 +516,9 @@ def run_search(cfg, *, source="config", overwrite=False, train_fn=None, cost_fn=
     if overwrite and chief and os.path.isdir(project_dir):
         shutil.rmtree(project_dir)
     if train_fn is None and chief:  # data first (the chief writes demo shards before any worker
-        from vov3d_tf import training  # can get a trial: it serves trials only after this)
-        training._ensure_synthetic(cfg, source)
-        training.check_data(cfg, source)
+        from vov3d_tf.data import datasets  # can get a trial: it serves trials after this)
+        datasets.ensure_synthetic(cfg, source)
+        datasets.check_data(cfg, source)
     if train_fn is None:
         check_eval_is_not_train(cfg, source)
     _check_resume(cfg, project_dir, source)

@@ -21,7 +21,6 @@ Everything is written into `cfg.train.output_dir`:
     final_metrics.json     top-1/top-5 of the final multi-view test; its presence = finished
     per_class_accuracy.csv, confusion_matrix.png
 """
-import glob
 import json
 import math
 import os
@@ -33,9 +32,13 @@ import keras
 import tensorflow as tf
 
 from vov3d_tf import evaluation
+from vov3d_tf.adapters import class_names, model_from_config
 from vov3d_tf.config import config_to_dict, save_config
-from vov3d_tf.models import VideoClassifier, create_model
+from vov3d_tf.data.datasets import check_data, count_records, ensure_synthetic, make_datasets
+from vov3d_tf.models import VideoClassifier, create_model  # noqa: F401  (create_model: re-export)
 
+# model_from_config, class_names (vov3d_tf.adapters) and check_data, count_records, make_datasets
+# (vov3d_tf.data.datasets) live there; imported here for the callers of training.*.
 __all__ = ["model_from_config", "select_strategy", "scaled_learning_rate", "WarmupCosineDecay",
            "make_optimizer", "check_data", "count_records", "class_names", "make_datasets",
            "run", "evaluate_run", "TrainingDiverged"]
@@ -48,22 +51,6 @@ RUN_FILES = ("config.json", CHECKPOINT_DIR, "logs", "history.csv", "best.keras",
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Adapters: config -> plain arguments
-# ----------------------------------------------------------------------------------------------
-
-def model_from_config(model_cfg, input_shape=None):
-    """`ModelConfig` -> `create_model(...)`; null overrides keep the variant's defaults."""
-    overrides = {"dropout_rate": model_cfg.dropout_rate}
-    for key in ("base_width", "num_conv", "blocks", "head_pool_size"):
-        value = getattr(model_cfg, key)
-        if value is not None:
-            overrides[key] = tuple(value) if key in ("blocks", "head_pool_size") else value
-    if input_shape is not None:
-        overrides["input_shape"] = tuple(input_shape)
-    return create_model(model_cfg.name, model_cfg.num_classes, **overrides)
 
 
 def select_strategy():
@@ -178,124 +165,6 @@ def use_synchronized_batchnorm(model):
             layer.synchronized = True
             n += 1
     return n
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: checks before anything is built, then the datasets
-# ----------------------------------------------------------------------------------------------
-
-def _ensure_synthetic(cfg, source):
-    """demo.json: write the synthetic shards into train_files' folder if nothing matches."""
-    if cfg.data.synthetic is None or glob.glob(cfg.data.train_files):
-        return None
-    from vov3d_tf.data.synthetic import write_synthetic_dataset
-    out = os.path.dirname(cfg.data.train_files) or "."
-    print(f"[vov3d] {source}: data.train_files {cfg.data.train_files!r} matches nothing; "
-          f"writing the synthetic shards into {out}/ ...", flush=True)
-    t0 = time.time()
-    write_synthetic_dataset(out, **cfg.data.synthetic)
-    print(f"[vov3d] synthetic shards written in {time.time() - t0:.1f} s", flush=True)
-    return out
-
-
-def check_data(cfg, source="config", need_train=True):
-    """Every shard pattern must match files; a clear error naming the key otherwise."""
-    keys = (["train_files"] if need_train else []) + ["eval_files"]
-    for key in keys:
-        pattern = getattr(cfg.data, key)
-        if not glob.glob(pattern):
-            folder = os.path.dirname(pattern) or "."
-            hint = ("" if os.path.isdir(folder) else f" (folder {folder!r} does not exist)")
-            raise FileNotFoundError(f"{source}: data.{key}: no file matches {pattern!r}{hint}; "
-                                    f"build shards with `python -m vov3d_tf.data.build_shards`")
-    if cfg.data.labels_file and not os.path.exists(cfg.data.labels_file):
-        raise FileNotFoundError(f"{source}: data.labels_file: {cfg.data.labels_file!r} not found")
-
-
-def _manifest_records(files):
-    """{shard path: record count} from the manifests next to the shards (where there is one)."""
-    counts = {}
-    for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in files}):
-        path = os.path.join(folder, "manifest.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            manifest = json.load(f)
-        for split in manifest.get("splits", {}).values():
-            for shard in split.get("shards", []):
-                counts[os.path.join(folder, shard["file"])] = int(shard["records"])
-    return counts
-
-
-def count_records(pattern):
-    """Records matched by a shard pattern: manifest counts, else read through the files."""
-    files = sorted(glob.glob(pattern))
-    known = _manifest_records(files)
-    total = 0
-    for f in files:
-        if os.path.abspath(f) in known:
-            total += known[os.path.abspath(f)]
-        else:
-            gz = f.endswith(".gz")
-            total += sum(1 for _ in tf.data.TFRecordDataset(f, "GZIP" if gz else ""))
-    return total
-
-
-def class_names(cfg):
-    """Label list: `data.labels_file`, else the manifest next to the eval (or train) shards."""
-    if cfg.data.labels_file:
-        with open(cfg.data.labels_file, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
-    for pattern in (cfg.data.eval_files, cfg.data.train_files):
-        for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in glob.glob(pattern)}):
-            path = os.path.join(folder, "manifest.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    return list(json.load(f)["labels"])
-    return None
-
-
-def _test_crop(cfg):
-    return cfg.data.test_crop_size or cfg.data.test_short_side
-
-
-def make_datasets(cfg, *, seed=0, training=True, evaluation_=True):
-    """(train, eval) tf.data datasets from the shard patterns via `vov3d_tf.data.make_dataset`.
-
-    Train elements `(clips (B, T, c, c, 3), labels (B,))`, repeated forever; eval elements
-    `(views (B, V, T, c', c', 3), labels (B,))`. `data.shuffle_frames` permutes the frames of
-    every clip/video at random (the control of the "learns time" experiment).
-    """
-    from vov3d_tf.data import make_dataset
-    d = cfg.data
-    common = dict(num_frames=d.num_frames, sampling=d.sampling, sampling_rate=d.sampling_rate,
-                  on_corrupt=d.on_corrupt)
-    train = ev = None
-    if training:
-        train = make_dataset(d.train_files, training=True, batch_size=cfg.train.batch_size,
-                             crop_size=d.crop_size, scale_range=tuple(d.train_short_side),
-                             inverse_uniform=d.inverse_uniform_scale, random_flip=d.random_flip,
-                             seed=seed, repeat=True, **common)
-    if evaluation_:
-        ev = make_dataset(d.eval_files, training=False, batch_size=cfg.eval.batch_size,
-                          test_short_side=d.test_short_side, test_crop_size=_test_crop(cfg),
-                          num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops, **common)
-    if d.shuffle_frames:
-        train = _shuffle_frames(train, seed, 1) if train is not None else None
-        ev = _shuffle_frames(ev, seed + 1, 2) if ev is not None else None
-    return train, ev
-
-
-def _shuffle_frames(ds, seed, time_axis):
-    """Permute the frames of every clip (train) or of every video's views (eval) at random."""
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-
-    def shuffle(xy, s):
-        x, y = xy
-        keys = tf.random.stateless_uniform(tf.stack([tf.shape(x)[0], tf.shape(x)[time_axis]]),
-                                           seed=s)
-        return tf.gather(x, tf.argsort(keys, axis=1), axis=time_axis, batch_dims=1), y
-    return tf.data.Dataset.zip((ds, seeds)).map(shuffle)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,7 +378,7 @@ def _run(cfg, *, source, force, datasets, verbose):
     # --- data checks first: nothing is built when a pattern matches nothing ----------------
     if datasets is None:
         if chief:
-            _ensure_synthetic(cfg, source)
+            ensure_synthetic(cfg, source)
         check_data(cfg, source)
     finished = _prepare_output_dir(cfg, source, force, chief)
     if finished is not None:

@@ -14,6 +14,7 @@ never copies the model). The hyperparameter names are the config keys they set:
 
 Keys keras-tuner adds itself (Hyperband's `tuner/epochs`, ...) are ignored here.
 """
+from vov3d_tf.adapters import model_overrides as config_model_overrides
 from vov3d_tf.config import config_from_dict, config_to_dict
 
 MODEL_HPS = ("base_width", "num_conv", "blocks")
@@ -134,10 +135,5 @@ def clip_shape(cfg):
 
 def cost_kwargs(cfg):
     """`vov3d_tf.flops.count_flops` keyword arguments for the model of `cfg`."""
-    m = cfg.model
-    kwargs = {"input_shape": clip_shape(cfg), "num_classes": m.num_classes}
-    for key in ("base_width", "num_conv", "blocks"):
-        value = getattr(m, key)
-        if value is not None:
-            kwargs[key] = tuple(value) if key == "blocks" else value
-    return kwargs
+    return {"input_shape": clip_shape(cfg), "num_classes": cfg.model.num_classes,
+            **config_model_overrides(cfg.model, architecture_only=True)}

@@ -20,6 +20,7 @@ import tensorflow as tf
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 from vov3d_tf.data import shards
+from vov3d_tf.data.labels import read_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 ON_CORRUPT = ("skip", "fail")
@@ -61,14 +62,10 @@ def _report_skip(path, index, lost):
 
 def load_labels(path):
     """Class names (index order) from a shard directory's manifest, or from a labels file
-    (one class per line)."""
+    (one class per line, read by `vov3d_tf.data.labels.read_labels`)."""
     if os.path.isdir(path):
         return shards.load_labels(path)
-    with open(path, encoding="utf-8") as f:
-        labels = [line.rstrip("\n") for line in f if line.strip()]
-    if not labels:
-        raise ValueError(f"labels file {path!r} is empty")
-    return labels
+    return read_labels(path)
 
 
 def resolve_files(file_pattern, split=None):
