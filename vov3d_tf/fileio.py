@@ -190,3 +190,39 @@ def local_output(path):
         copy(tmp, path, overwrite=True)
     finally:
         os.remove(tmp)
+
+
+def make_temp_dir(parent, prefix=".tmp-"):
+    """A new uniquely named folder inside `parent` (created), for writing a tree before
+    `move_tree` puts it in place."""
+    parent = os.fspath(parent)
+    if is_local(parent):
+        return tempfile.mkdtemp(prefix=prefix, dir=parent)
+    path = join(parent, f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    makedirs(path)
+    return path
+
+
+def copytree(src, dst, last=()):
+    """Copies every file under `src` to the same relative path under `dst`; files whose name is
+    in `last` are copied after all the others (a reader that waits for them sees a whole tree)."""
+    src, dst = os.fspath(src).rstrip("/"), os.fspath(dst).rstrip("/")
+    files = []
+    for dirpath, _, filenames in walk(src):
+        rel = dirpath.rstrip("/")[len(src):].lstrip("/")
+        makedirs(join(dst, rel) if rel else dst)
+        files += [(join(dirpath, n), join(dst, rel, n) if rel else join(dst, n)) for n in filenames]
+    files.sort(key=lambda f: os.path.basename(f[0]) in last)
+    for a, b in files:
+        copy(a, b, overwrite=True)
+
+
+def move_tree(src, dst, last=("saved_model.pb",)):
+    """Moves the folder `src` to `dst`. Locally one atomic rename. Object stores (and ram://)
+    rename objects, not folders: the files are copied (`last` ones at the end, so a SavedModel
+    is loadable once its saved_model.pb exists), then `src` is deleted."""
+    if is_local(src) and is_local(dst):
+        gfile.rename(os.fspath(src), os.fspath(dst), overwrite=False)
+        return
+    copytree(src, dst, last=last)
+    rmtree(src)

@@ -9,7 +9,6 @@ Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = nu
                    clip-major; sum the softmaxes of a video's V views.
 """
 import collections
-import glob
 import os
 import sys
 import threading
@@ -17,6 +16,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from vov3d_tf import fileio
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 from vov3d_tf.data import shards
@@ -63,7 +63,7 @@ def _report_skip(path, index, lost):
 def load_labels(path):
     """Class names (index order) from a shard directory's manifest, or from a labels file
     (one class per line, read by `vov3d_tf.data.labels.read_labels`)."""
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         return shards.load_labels(path)
     return read_labels(path)
 
@@ -79,30 +79,30 @@ def resolve_files(file_pattern, split=None):
         paths = [os.fspath(p) for p in file_pattern]
     elif isinstance(file_pattern, os.PathLike):
         return resolve_files(os.fspath(file_pattern), split)
-    elif os.path.isdir(file_pattern):
+    elif fileio.isdir(file_pattern):
         if split is None:
             raise ValueError(f"{file_pattern!r} is a directory: pass split= (one of its manifest's "
                              f"splits) or a file pattern")
         paths = shards.split_files(file_pattern, split)
     else:
-        paths = sorted(glob.glob(file_pattern))
+        paths = fileio.glob(file_pattern)
     if not paths:
         raise FileNotFoundError(f"no shard files match {file_pattern!r}")
-    missing = [p for p in paths if not os.path.exists(p)]
+    missing = [p for p in paths if not fileio.exists(p)]
     if missing:
         raise FileNotFoundError(f"shard files not found: {missing}")
     expected, compression = {}, {}
-    for directory in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}):
-        if not os.path.exists(shards.manifest_path(directory)):
+    for directory in sorted({fileio.dirname(fileio.abspath(p)) for p in paths}):
+        if not fileio.exists(shards.manifest_path(directory)):
             continue
         for entry in shards.read_manifest(directory)["splits"].values():
             for s in entry["shards"]:
-                key = os.path.join(directory, s["file"])
+                key = fileio.join(directory, s["file"])
                 expected[key] = int(s["records"])
                 compression[key] = entry.get("compression", "")
     files, kinds = [], set()
     for p in paths:
-        key = os.path.abspath(p)
+        key = fileio.abspath(p)
         files.append((p, expected.get(key, -1)))
         kinds.add(compression.get(key, "GZIP" if p.endswith(fmt.GZIP_SUFFIX) else ""))
     if len(kinds) > 1:
@@ -153,7 +153,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                  seed=None, repeat=False,
                  num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
                  drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
-                 prefetch=None):
+                 prefetch=None, image_key=fmt.IMAGE_KEY, label_key=fmt.LABEL_INDEX_KEY):
     """A tf.data pipeline over video shards.
 
     Args:
@@ -187,6 +187,9 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       num_parallel_calls: records processed at once (AUTOTUNE: up to one per core); each holds
         its output in memory (eval: V x T x c x c x 3 floats, 377 MB for 30 views at 256).
       prefetch: batches prepared ahead (default AUTOTUNE in training, 1 at eval).
+      image_key, label_key: the records' feature list of JPEG frames and context int64 class
+        indices (for shards written by other tools, e.g. Model Garden's image_field_key /
+        label_field_key; files need no .tfrecord extension: pass a glob or a list).
     """
     if sampling not in DEFAULTS:
         raise ValueError(f"sampling must be one of {tuple(DEFAULTS)}, got {sampling!r}")
@@ -211,6 +214,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         preprocess.check_crop_size(test_short_side, test_crop_size, "make_dataset test_short_side")
 
     files, compression = resolve_files(file_pattern, split)
+    if sampling == "dense":
+        check_frame_rate([p for p, _ in files], sampling_rate, num_frames)
     if input_context is not None:
         num_shards, shard_index = input_context.num_input_pipelines, input_context.input_pipeline_id
     if not 0 <= shard_index < num_shards:
@@ -244,7 +249,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         out_shape = [num_frames, crop_size, crop_size, 3]
 
         def process(path, index, serialized, aug_seed):
-            rec = fmt.parse_sequence_example(serialized)
+            rec = fmt.parse_sequence_example(serialized, image_key, label_key)
             clip = preprocess.train_clip(
                 rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
                 sampling_rate=sampling_rate, scale_range=scale_range,
@@ -259,7 +264,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
 
         def process(path, index, serialized, aug_seed):
-            rec = fmt.parse_sequence_example(serialized)
+            rec = fmt.parse_sequence_example(serialized, image_key, label_key)
             views = preprocess.eval_views(
                 rec["frames"], num_frames=num_frames, crop_size=test_crop_size,
                 sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
@@ -298,6 +303,43 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
     options.experimental_optimization.map_parallelization = True
     ds = ds.with_options(options)
     return ds.prefetch((AUTOTUNE if training else 1) if prefetch is None else prefetch)
+
+
+DENSE_REFERENCE_FPS = 30.0  # the paper's dense sampling (16 x stride 5) is defined at 30 fps
+_frame_rate_warned = set()
+
+
+def check_frame_rate(paths, sampling_rate, num_frames=16):
+    """Dense sampling's stride means time only at a known frame rate: warn (once per set of
+    folders) when the manifests beside `paths` record another stored rate than 30 fps, or none.
+    Returns the stored rate (None when unknown)."""
+    folders = tuple(sorted({fileio.dirname(fileio.abspath(p)) for p in paths}))
+    rates = set()
+    for folder in folders:
+        if not fileio.exists(shards.manifest_path(folder)):
+            rates.add(None)
+            continue
+        for entry in shards.read_manifest(folder)["splits"].values():
+            rates.add(entry.get("frame_rate"))
+    rate = rates.pop() if len(rates) == 1 else None
+    if folders in _frame_rate_warned:
+        return rate
+    if rate is None:
+        _frame_rate_warned.add(folders)
+        print(f"vov3d_tf.data: WARNING: the stored frame rate of {list(folders)} is unknown (no "
+              f"manifest, frame folders, or videos kept at different native rates); dense "
+              f"sampling takes every {sampling_rate}th stored frame as it is, defined for "
+              f"{DENSE_REFERENCE_FPS:g} fps (build with --fps 30 to fix the rate)",
+              file=sys.stderr, flush=True)
+    elif abs(rate - DENSE_REFERENCE_FPS) > 1e-3:
+        _frame_rate_warned.add(folders)
+        print(f"vov3d_tf.data: WARNING: shards in {list(folders)} are stored at {rate:g} fps; "
+              f"dense sampling's stride {sampling_rate} is defined at {DENSE_REFERENCE_FPS:g} fps "
+              f"(a window spans {num_frames * sampling_rate / rate:.2f} s instead of "
+              f"{num_frames * sampling_rate / DENSE_REFERENCE_FPS:.2f} s for {num_frames} "
+              f"frames)",
+              file=sys.stderr, flush=True)
+    return rate
 
 
 def _parallelism(num_parallel_calls):
