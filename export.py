@@ -44,7 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from vov3d_tf import serving
+    from vov3d_tf import fileio, serving
     from vov3d_tf.config import config_to_dict, load_config
     from vov3d_tf.adapters import class_names
 
@@ -64,7 +64,7 @@ def main(argv=None):
         path = serving.export_saved_model(
             model, args.output_dir, labels, spec, version=args.version,
             warmup=not args.no_warmup,
-            extra_info={"weights": os.path.abspath(args.weights), "labels_source": source,
+            extra_info={"weights": fileio.abspath(args.weights), "labels_source": source,
                         "config": config_to_dict(cfg)})
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"export.py: error: {e}", file=sys.stderr)

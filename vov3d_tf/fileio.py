@@ -52,8 +52,13 @@ def dirname(path):
 
 def open(path, mode="r"):  # noqa: A001  (the module's file-opening function, like io.open)
     """A tf.io.gfile.GFile: a file object with read/write/seek/tell, usable as a context manager
-    and by PyAV (`av.open(handle)`) and Pillow (`Image.open(handle)`)."""
-    return gfile.GFile(os.fspath(path), mode)
+    and by PyAV (`av.open(handle)`) and Pillow (`Image.open(handle)`). Writing ("w") replaces
+    the file on every filesystem (TF's ram:// appends to an existing file instead, so a
+    non-local file is deleted first)."""
+    path = os.fspath(path)
+    if mode.startswith("w") and not is_local(path) and gfile.exists(path):
+        gfile.remove(path)
+    return gfile.GFile(path, mode)
 
 
 def exists(path):
@@ -89,7 +94,28 @@ def remove(path):
 
 
 def rmtree(path):
-    gfile.rmtree(os.fspath(path))
+    """Deletes `path` and everything under it."""
+    path = os.fspath(path)
+    try:
+        gfile.rmtree(path)
+    except tf.errors.NotFoundError:
+        # gfile's rmtree can fail on object stores and ram:// (a "folder" never created as one;
+        # ram:// lists by name prefix, so "assets" also lists the ".extra" of "assets.extra"):
+        # delete the files that exist one by one, then the emptied folders.
+        entries = list(walk(path))
+        if not entries:
+            if gfile.exists(path):
+                raise
+            return  # deleted; the error was about a phantom name
+        for dirpath, _, filenames in entries:
+            for name in filenames:
+                if gfile.exists(join(dirpath, name)):
+                    gfile.remove(join(dirpath, name))
+        for dirpath, _, _ in reversed(entries):
+            try:
+                gfile.rmtree(dirpath)
+            except tf.errors.NotFoundError:
+                pass
 
 
 def rename(src, dst, overwrite=True):
@@ -97,7 +123,10 @@ def rename(src, dst, overwrite=True):
 
 
 def copy(src, dst, overwrite=True):
-    gfile.copy(os.fspath(src), os.fspath(dst), overwrite=overwrite)
+    src, dst = os.fspath(src), os.fspath(dst)
+    if overwrite and not is_local(dst) and gfile.exists(dst):
+        gfile.remove(dst)  # ram:// would append to the existing file (see `open`)
+    gfile.copy(src, dst, overwrite=overwrite)
 
 
 def getsize(path):
@@ -211,7 +240,8 @@ def copytree(src, dst, last=()):
     for dirpath, _, filenames in walk(src):
         rel = dirpath.rstrip("/")[len(src):].lstrip("/")
         makedirs(join(dst, rel) if rel else dst)
-        files += [(join(dirpath, n), join(dst, rel, n) if rel else join(dst, n)) for n in filenames]
+        files += [(join(dirpath, n), join(dst, rel, n) if rel else join(dst, n)) for n in filenames
+                  if exists(join(dirpath, n))]  # ram:// lists by prefix: skip phantom names
     files.sort(key=lambda f: os.path.basename(f[0]) in last)
     for a, b in files:
         copy(a, b, overwrite=True)
