@@ -214,6 +214,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         preprocess.check_crop_size(test_short_side, test_crop_size, "make_dataset test_short_side")
 
     files, compression = resolve_files(file_pattern, split)
+    check_record_keys(files[0][0], compression, image_key, label_key)
     if sampling == "dense":
         check_frame_rate([p for p, _ in files], sampling_rate, num_frames)
     if input_context is not None:
@@ -303,6 +304,29 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
     options.experimental_optimization.map_parallelization = True
     ds = ds.with_options(options)
     return ds.prefetch((AUTOTUNE if training else 1) if prefetch is None else prefetch)
+
+
+def check_record_keys(path, compression, image_key, label_key):
+    """The first record of `path` must hold `image_key` (feature list) and `label_key` (context):
+    a ValueError naming the file and the keys it has otherwise (shards written by other tools
+    use other keys: data.image_key / data.label_key). A record that does not parse is left to
+    the pipeline's corrupt-record handling."""
+    try:
+        first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)),
+                     None)
+        if first is None:
+            return
+        example = tf.train.SequenceExample.FromString(first.numpy())
+    except Exception:  # noqa: BLE001  (unreadable/corrupt: reported by the pipeline)
+        return
+    lists, context = example.feature_lists.feature_list, example.context.feature
+    if image_key not in lists:
+        raise ValueError(f"{path}: record 0 has no feature list {image_key!r} (it has "
+                         f"{sorted(lists)}; set data.image_key / image_key= to the frames' key)")
+    if label_key not in context:
+        raise ValueError(f"{path}: record 0 has no context feature {label_key!r} (it has "
+                         f"{sorted(context)}; set data.label_key / label_key= to the int64 "
+                         f"class-index key)")
 
 
 DENSE_REFERENCE_FPS = 30.0  # the paper's dense sampling (16 x stride 5) is defined at 30 fps
