@@ -14,7 +14,6 @@ in train.py, e.g. to export converted official weights:
 See docs/serving.md for serving the result with TF Serving and for request examples.
 """
 import argparse
-import os
 import sys
 
 

@@ -58,7 +58,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import keras
-    from vov3d_tf import VideoClassifier, fold_batchnorm
+    from vov3d_tf import VideoClassifier, fileio, fold_batchnorm
     from vov3d_tf.config import apply_overrides, config_from_dict, load_config
     from vov3d_tf.adapters import class_names
     from vov3d_tf.data.labels import read_labels
@@ -67,9 +67,9 @@ def main(argv=None):
         cfg = (load_config(args.config, args.overrides) if args.config else
                config_from_dict(apply_overrides({}, args.overrides), "defaults"))
         weights = args.weights or os.path.join(cfg.train.output_dir, "best.keras")
-        if not os.path.exists(weights):
+        if not fileio.exists(weights):
             raise FileNotFoundError(f"weights not found: {weights!r} (pass --weights)")
-        if not os.path.exists(args.video):
+        if not fileio.exists(args.video):
             raise FileNotFoundError(f"video not found: {args.video!r}")
         model = keras.models.load_model(weights, compile=False)
         if isinstance(model, VideoClassifier):

@@ -21,7 +21,6 @@ Several splits may share one directory (and must share its labels).
 """
 import hashlib
 import json
-import os
 
 import tensorflow as tf
 
