@@ -3,7 +3,7 @@
     python -m vov3d_tf.data.build_shards --output-dir gs://b/k400 --split train \\
         --k400-csv gs://b/k400/train.csv --videos-root gs://b/k400/videos --num-shards 1024 \\
         --runner DataflowRunner --project P --region R --temp_location gs://b/tmp \\
-        --requirements_file requirements.txt          # any other Beam pipeline option too
+        --sdk_container_image IMAGE     # any other Beam pipeline option too
 
 Needs the `beam` extra (`pip install -e ".[beam]"`). The launcher parses the annotations and
 makes the same plan as the local builder (build_shards.prepare: fixed permutation, finished
