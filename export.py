@@ -43,6 +43,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from vov3d_tf import runtime
+    runtime.configure()  # TF process settings, before the first tensor
     from vov3d_tf import fileio, serving
     from vov3d_tf.config import config_to_dict, load_config
     from vov3d_tf.adapters import class_names

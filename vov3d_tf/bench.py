@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from vov3d_tf import runtime
+
 CASE_FLAG = "--run-case"
 RUNTIMES = ("tf", "litert")
 
@@ -199,6 +201,7 @@ def main(argv=None):
     p.add_argument("--peer", help="path of torch_peer.py to run beside each case")
     p.add_argument(CASE_FLAG, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     if args.run_case:
         print(json.dumps(run_case(json.loads(args.run_case))))
         return 0

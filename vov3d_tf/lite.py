@@ -25,6 +25,8 @@ import argparse
 import os
 import sys
 
+from vov3d_tf import runtime
+
 
 def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1):
     """Float32 `.tflite` bytes of `model` (a `VideoClassifier`; BN is folded first) for inputs
@@ -94,6 +96,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224, help="crop height and width")
     p.add_argument("--batch", type=int, default=1, help="clips per call (0: dynamic batch)")
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     from vov3d_tf.serving import load_trained_model
 
     try:

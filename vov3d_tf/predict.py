@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from vov3d_tf import runtime
+
 __all__ = ["video_views", "predict_video", "main"]
 
 
@@ -56,6 +58,7 @@ def main(argv=None):
                         help="stored short side of the shards (build_shards --short-side)")
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
 
     import keras
     from vov3d_tf import VideoClassifier, fileio, fold_batchnorm

@@ -72,7 +72,7 @@ class ServingSpec:
         if self.sampling not in preprocess.SAMPLING_MODES:
             raise ValueError(f"ServingSpec.sampling must be one of {preprocess.SAMPLING_MODES}, "
                              f"got {self.sampling!r}")
-        if self.num_crops not in (1, 3):
+        if self.num_crops not in preprocess.NUM_CROPS:
             raise ValueError(f"ServingSpec.num_crops must be 1 or 3, got {self.num_crops!r}")
         preprocess.check_crop_size(self.short_side, self.crop_size, "ServingSpec")
 
@@ -96,9 +96,6 @@ def spec_from_config(cfg, *, multi_view=False, top_k=5):
     """
     from vov3d_tf.adapters import eval_view_kwargs
 
-    if multi_view and cfg.eval.num_crops not in (1, 3):
-        raise ValueError(f"eval.num_crops: the test protocol takes 1 (centre) or 3 crops, got "
-                         f"{cfg.eval.num_crops}")
     return ServingSpec(**eval_view_kwargs(cfg, multi_view=multi_view), top_k=top_k)
 
 

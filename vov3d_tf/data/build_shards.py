@@ -32,7 +32,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from vov3d_tf import fileio
+from vov3d_tf import fileio, runtime
 from vov3d_tf.data import annotations, shards, video_io
 from vov3d_tf.data import format as fmt
 
@@ -274,6 +274,7 @@ def main(argv=None):
     if beam_args and not use_beam:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options need "
                      f"--beam or --runner)")
+    runtime.configure()  # TF process settings, before the first tensor
     if not 1 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
     if args.short_side < 0 or (args.fps is not None and args.fps <= 0):
