@@ -16,7 +16,6 @@ See docs/serving.md for serving the result with TF Serving and for request examp
 """
 import argparse
 import dataclasses
-import os
 import sys
 
 
@@ -96,7 +95,7 @@ def main(argv=None):
     args = parse_args(argv)
     from vov3d_tf import runtime
     runtime.configure()  # TF process settings, before the first tensor
-    from vov3d_tf import serving
+    from vov3d_tf import fileio, serving
     from vov3d_tf.config import config_to_dict, load_config
     from vov3d_tf.adapters import class_names
 
@@ -117,7 +116,7 @@ def main(argv=None):
         path = serving.export_saved_model(
             model, args.output_dir, labels, spec, version=args.version,
             warmup=not args.no_warmup,
-            extra_info={"weights": os.path.abspath(args.weights), "labels_source": source,
+            extra_info={"weights": fileio.abspath(args.weights), "labels_source": source,
                         "config": config_to_dict(cfg)})
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # also bad caps
         print(f"export.py: error: {e}", file=sys.stderr)

@@ -69,7 +69,7 @@ def eval_view_kwargs(cfg, *, multi_view=True):
 
 def _common_dataset_kwargs(d):
     return dict(num_frames=d.num_frames, sampling=d.sampling, sampling_rate=d.sampling_rate,
-                on_corrupt=d.on_corrupt)
+                on_corrupt=d.on_corrupt, image_key=d.image_key, label_key=d.label_key)
 
 
 def train_dataset_kwargs(cfg, *, seed=0):

@@ -82,6 +82,10 @@ class DataConfig:
     test_short_side: int = field(default=256, metadata=_positive())
     test_crop_size: Optional[int] = field(default=None, metadata=_positive())  # null = short side
     on_corrupt: Literal[ON_CORRUPT] = "skip"
+    # Record keys (vov3d_tf.data.format): frames feature list and int64 class indices; set them
+    # for shards written by other tools (Model Garden's image_field_key / label_field_key).
+    image_key: str = "image/encoded"
+    label_key: str = "clip/label/index"
     shuffle_frames: bool = False  # control experiment: destroy frame order in train and eval
     # Demo only: keyword arguments of vov3d_tf.data.synthetic.write_synthetic_dataset; the
     # shards are written when `train_files` matches nothing (null = never generate data).
@@ -388,10 +392,12 @@ def apply_overrides(d, overrides, source="--set"):
 
 def load_config(path, overrides=()):
     """Read the JSON file at `path`, apply `--set` overrides, validate strictly."""
+    from vov3d_tf import fileio  # (tf.io.gfile: configs may be on gs://, ram://, ...)
     path = str(path)
     try:
-        with open(path) as f:
-            d = json.load(f)
+        if not fileio.exists(path):
+            raise FileNotFoundError(path)
+        d = json.loads(fileio.read_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except json.JSONDecodeError as e:
@@ -404,6 +410,5 @@ def load_config(path, overrides=()):
 
 def save_config(cfg, path):
     """Write `cfg` as indented JSON (the resolved config: every key, defaults included)."""
-    with open(path, "w") as f:
-        json.dump(config_to_dict(cfg), f, indent=2)
-        f.write("\n")
+    from vov3d_tf import fileio
+    fileio.write_text(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")

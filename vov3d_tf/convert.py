@@ -9,13 +9,13 @@ ARCHITECTURE.md section 9: PyTorch `(Cout, Cin/groups, kT, kH, kW)` kernels beco
 channels-last kernels of `vov3d_tf.layers`.
 """
 import argparse
-import os
 import re
 import sys
 
 import keras
 import numpy as np
 
+from vov3d_tf import fileio
 from vov3d_tf import layers as L
 from vov3d_tf import runtime
 
@@ -81,10 +81,10 @@ def torch_kernel_to_keras(layer, w):
 
 def load_state_dict(path):
     """Arrays under their PyTorch names from a .pth/.pyth checkpoint or an .npz file."""
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".npz"):
-        with np.load(path) as data:
+        with fileio.open(path, "rb") as f, np.load(f) as data:  # (reads through gfile)
             return {k: data[k] for k in data.files}
     try:
         import torch
@@ -92,7 +92,8 @@ def load_state_dict(path):
         raise ImportError("reading .pth/.pyth checkpoints needs PyTorch: "
                           "pip install 'vov3d-tf[convert]'") from e
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with fileio.open(path, "rb") as f:
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report which file and why
         raise ValueError(f"{path}: not a readable weights-only PyTorch checkpoint ({e})") from e
     state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else None
@@ -223,7 +224,7 @@ def convert(src, model_name, num_classes, output=None, **overrides):
             raise ValueError(f"--output must end in .keras, got {output!r}")
         tmp = output + ".tmp.keras"
         model.save(tmp)
-        os.replace(tmp, output)
+        fileio.rename(tmp, output)
     return model
 
 

@@ -12,13 +12,14 @@ statistics are replaced by their average over N training batches, so they descri
 weights instead of an exponential average over the weights of the last few hundred steps.
 """
 import csv
+import io
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from vov3d_tf import _compat
+from vov3d_tf import _compat, fileio
 
 __all__ = ["evaluate", "multi_view_scores", "topk_accuracy", "precise_bn", "write_per_class_csv",
            "write_predictions_csv", "plot_confusion_matrix"]
@@ -140,7 +141,7 @@ def evaluate(model, dataset, num_classes, *, class_names=None, output_dir=None,
               "per_class_accuracy": [float(a) for a in per_class],
               "confusion": confusion.tolist()}
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
+        fileio.makedirs(output_dir)
         names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
         result["per_class_csv"] = write_per_class_csv(
             os.path.join(output_dir, prefix + "per_class_accuracy.csv"), confusion, names)
@@ -176,12 +177,13 @@ def write_predictions_csv(path, filenames, labels, probabilities, class_names, t
 def write_per_class_csv(path, confusion, class_names):
     """class_index, class_name, videos, correct, accuracy (empty when no videos)."""
     confusion = np.asarray(confusion)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
-        for k, name in enumerate(class_names):
-            n, c = int(confusion[k].sum()), int(confusion[k, k])
-            w.writerow([k, name, n, c, f"{c / n:.6f}" if n else ""])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
+    for k, name in enumerate(class_names):
+        n, c = int(confusion[k].sum()), int(confusion[k, k])
+        w.writerow([k, name, n, c, f"{c / n:.6f}" if n else ""])
+    fileio.write_text(path, f.getvalue())
     return path
 
 
@@ -211,7 +213,8 @@ def plot_confusion_matrix(path, confusion, class_names):
                         ax.text(j, i, int(confusion[i, j]), ha="center", va="center",
                                 fontsize=7, color="white" if rows[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with fileio.open(path, "wb") as f:  # matplotlib writes to the gfile handle
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
     return path
 

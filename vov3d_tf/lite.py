@@ -53,12 +53,10 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1):
 def save_tflite(model, path, **shape):
     """`to_tflite(model, **shape)` written to `path` (folders created); returns the path."""
     blob = to_tflite(model, **shape)
+    from vov3d_tf import fileio
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".partial"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)  # never a half-written model under the final name
+    fileio.makedirs(fileio.dirname(fileio.abspath(path)))
+    fileio.atomic_write_bytes(path, blob)  # never a half-written model under the final name
     return path
 
 

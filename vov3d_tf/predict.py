@@ -34,7 +34,7 @@ import threading
 
 import numpy as np
 
-from vov3d_tf import runtime
+from vov3d_tf import fileio, runtime
 
 __all__ = ["video_views", "predict_video", "view_kwargs", "load_runtime", "KerasRuntime",
            "SavedModelRuntime", "TFLiteRuntime", "predict_windows", "main"]
@@ -192,8 +192,8 @@ class SavedModelRuntime:
         self._fn = loaded.signatures[SIGNATURE_FRAMES]
         self.labels = read_labels(os.path.join(self.path, "assets", LABELS_ASSET))
         self.num_classes = len(self.labels)
-        with open(os.path.join(self.path, "assets.extra", EXPORT_INFO_FILE)) as f:
-            self.spec = json.load(f)["spec"]
+        self.spec = fileio.read_json(os.path.join(self.path, "assets.extra",
+                                                  EXPORT_INFO_FILE))["spec"]
 
     def probabilities(self, videos):
         import tensorflow as tf
@@ -211,14 +211,14 @@ class SavedModelRuntime:
 
 
 def _saved_model_version(path):
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
+    if fileio.exists(fileio.join(path, "saved_model.pb")):
         return path
-    versions = sorted(int(n) for n in os.listdir(path)
-                      if n.isdigit() and os.path.exists(os.path.join(path, n, "saved_model.pb")))
+    versions = sorted(int(n) for n in fileio.listdir(path)
+                      if n.isdigit() and fileio.exists(fileio.join(path, n, "saved_model.pb")))
     if not versions:
         raise ValueError(f"{path}: not a SavedModel export (no saved_model.pb in it or in a "
                          f"numbered version folder)")
-    return os.path.join(path, str(versions[-1]))
+    return fileio.join(path, str(versions[-1]))
 
 
 def load_runtime(model_path, cfg=None, *, labels=None):
@@ -310,10 +310,10 @@ class _Writer:
     def __init__(self, path, top_k):
         if not path.endswith((".csv", ".jsonl")):
             raise ValueError(f"--output {path!r}: the name must end in .csv or .jsonl")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fileio.makedirs(fileio.dirname(fileio.abspath(path)))
         self.path, self.tmp = path, path + ".partial"
         self.jsonl = path.endswith(".jsonl")
-        self.f = open(self.tmp, "w", newline="", encoding="utf-8")
+        self.f = fileio.open(self.tmp, "w")
         if not self.jsonl:
             self.csv = csv.writer(self.f)
             header = ["window", "start", "end", "frames"]
@@ -335,7 +335,7 @@ class _Writer:
 
     def finish(self):
         self.f.close()
-        os.replace(self.tmp, self.path)
+        fileio.rename(self.tmp, self.path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,9 +403,9 @@ def main(argv=None):
         cfg = (load_config(args.config, args.overrides) if args.config else
                config_from_dict(apply_overrides({}, args.overrides), "defaults"))
         weights = args.weights or os.path.join(cfg.train.output_dir, "best.keras")
-        if not os.path.exists(weights):
+        if not fileio.exists(weights):
             raise FileNotFoundError(f"weights not found: {weights!r} (pass --weights)")
-        if not os.path.exists(args.video):
+        if not fileio.exists(args.video):
             raise FileNotFoundError(f"video not found: {args.video!r}")
         if args.labels:
             names = read_labels(args.labels)

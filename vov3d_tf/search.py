@@ -28,19 +28,19 @@ of the chief and the same output folder (docs/search.md).
 import argparse
 import csv
 import gc
-import glob
+import io
 import itertools
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import traceback
 
 import keras_tuner as kt
+import tensorflow as tf
 
-from vov3d_tf import _compat, runtime
+from vov3d_tf import _compat, fileio, runtime
 from vov3d_tf import tuner as search_space
 from vov3d_tf.config import config_to_dict, load_config, save_config
 
@@ -231,9 +231,8 @@ def make_oracle(cfg, cost_fn=None):
 
 def _write_error(run_dir, text):
     trial_dir = os.path.dirname(run_dir)
-    os.makedirs(trial_dir, exist_ok=True)
-    with open(os.path.join(trial_dir, ERROR_FILE), "w") as f:
-        f.write(text)
+    fileio.makedirs(trial_dir)
+    fileio.write_text(os.path.join(trial_dir, ERROR_FILE), text)
 
 
 class SearchTuner(kt.engine.base_tuner.BaseTuner):
@@ -263,8 +262,8 @@ class SearchTuner(kt.engine.base_tuner.BaseTuner):
         if previous:  # Hyperband continues a promising trial from its checkpoint
             src = os.path.join(self.trial_run_dir(previous), "checkpoints")
             dst = os.path.join(out, "checkpoints")
-            if os.path.isdir(src) and not os.path.exists(dst):
-                shutil.copytree(src, dst)
+            if fileio.isdir(src) and not fileio.exists(dst):
+                fileio.copytree(src, dst)
         _log(f"trial {trial.trial_id}: {search_space.arch_values(values)}, {epochs} epoch(s) "
              f"-> {out}")
         try:
@@ -314,9 +313,8 @@ def _short_error(message):
 
 def _read_text(path):
     try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
+        return fileio.read_text(path)
+    except (OSError, tf.errors.OpError):
         return ""
 
 
@@ -349,14 +347,15 @@ def results_rows(oracle, project_dir):
 
 
 def write_results_csv(rows, path, epochs_per_trial=None):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            row = dict(row)
-            if row.get("epochs") is None and row["status"] != "rejected":
-                row["epochs"] = epochs_per_trial
-            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        row = dict(row)
+        if row.get("epochs") is None and row["status"] != "rejected":
+            row["epochs"] = epochs_per_trial
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
+    fileio.write_text(path, f.getvalue())
     return path
 
 
@@ -414,7 +413,8 @@ def plot_pareto(rows, path, objective="val_top1", budget_gflops=None):
     if done or budget_gflops is not None:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with fileio.open(path, "wb") as f:  # matplotlib writes to the gfile handle
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
     return path
 
@@ -446,8 +446,8 @@ def write_report(oracle, cfg, project_dir):
         values = oracle.trials[best["trial"]].hyperparameters.values
         write_best_config(cfg, values, best_path)
         summary.update(best_config=best_path, best_trial=best["trial"], best_score=best["score"])
-    elif os.path.exists(best_path):
-        os.remove(best_path)
+    elif fileio.exists(best_path):
+        fileio.remove(best_path)
     return summary
 
 
@@ -469,8 +469,9 @@ def check_search_config(cfg, source="config"):
 
 def check_eval_is_not_train(cfg, source="config"):
     """Trial scores must come from held-out shards."""
-    train = {os.path.realpath(p) for p in glob.glob(cfg.data.train_files)}
-    ev = {os.path.realpath(p) for p in glob.glob(cfg.data.eval_files)}
+    real = lambda p: os.path.realpath(p) if fileio.is_local(p) else p  # noqa: E731
+    train = {real(p) for p in fileio.glob(cfg.data.train_files)}
+    ev = {real(p) for p in fileio.glob(cfg.data.eval_files)}
     shared = sorted(train & ev)
     if shared:
         raise ValueError(f"{source}: data.eval_files matches training shards ({shared[0]}, ...); "
@@ -482,9 +483,8 @@ def _check_resume(cfg, project_dir, source):
     path = os.path.join(project_dir, SEARCH_CONFIG)
     now = config_to_dict(cfg)
     now["search"].pop("max_trials")
-    if os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
+    if fileio.exists(path):
+        before = fileio.read_json(path)
         before.get("search", {}).pop("max_trials", None)
         if before != now:
             diff = [f"{sec}.{k}" for sec in now for k in now[sec]
@@ -493,11 +493,8 @@ def _check_resume(cfg, project_dir, source):
                              f"config ({', '.join(diff)} changed); use another train.output_dir "
                              f"or --overwrite to start over")
     else:
-        os.makedirs(project_dir, exist_ok=True)
-        tmp = path + f".tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(now, f, indent=2)
-        os.replace(tmp, path)
+        fileio.makedirs(project_dir)
+        fileio.atomic_write_json(path, now, indent=2)
 
 
 def run_search(cfg, *, source="config", overwrite=False, train_fn=None, cost_fn=None,
@@ -513,8 +510,8 @@ def run_search(cfg, *, source="config", overwrite=False, train_fn=None, cost_fn=
     distributed = _compat.has_chief_oracle()
     chief = not distributed or _compat.is_chief_oracle()
     worker = distributed and not chief
-    if overwrite and chief and os.path.isdir(project_dir):
-        shutil.rmtree(project_dir)
+    if overwrite and chief and fileio.isdir(project_dir):
+        fileio.rmtree(project_dir)
     if train_fn is None and chief:  # data first (the chief writes demo shards before any worker
         from vov3d_tf.data import datasets  # can get a trial: it serves trials after this)
         datasets.ensure_synthetic(cfg, source)

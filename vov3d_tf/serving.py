@@ -42,12 +42,11 @@ Loading needs only TensorFlow (`tf.saved_model.load` or TF Serving); no Keras, n
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+from vov3d_tf import fileio
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 
@@ -323,10 +322,10 @@ class VideoServingModule(tf.Module):
 
 def existing_versions(model_dir):
     """Sorted integer versions in `model_dir` (the folders TF Serving would consider)."""
-    if not os.path.isdir(model_dir):
+    if not fileio.isdir(model_dir):
         return []
-    return sorted(int(n) for n in os.listdir(model_dir)
-                  if n.isdigit() and os.path.isdir(os.path.join(model_dir, n)))
+    return sorted(int(n) for n in fileio.listdir(model_dir)
+                  if n.isdigit() and fileio.isdir(os.path.join(model_dir, n)))
 
 
 def next_version(model_dir):
@@ -339,7 +338,7 @@ def _check_model_dir(model_dir):
     if base.isdigit():
         raise ValueError(f"output dir {model_dir!r} ends in a version number; pass the model "
                          f"folder BASE/NAME, the version folder is created inside it")
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    if fileio.exists(model_dir) and not fileio.isdir(model_dir):
         raise ValueError(f"output dir {model_dir!r} exists and is not a folder")
 
 
@@ -465,35 +464,35 @@ def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=T
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be a positive int, got {version!r}")
     final = os.path.join(model_dir, str(version))
-    if version in existing_versions(model_dir) or os.path.exists(final):
+    if version in existing_versions(model_dir) or fileio.exists(final):
         raise FileExistsError(f"version {version} already exists in {model_dir!r} "
                               f"(existing: {existing_versions(model_dir)}); versions are never "
                               f"overwritten, pick another --version or leave it out")
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)  # not an integer: ignored
+    fileio.makedirs(model_dir)
+    tmp = fileio.make_temp_dir(model_dir, prefix=f".tmp-{version}-")  # not an integer: ignored
     try:
         labels_path = os.path.join(tmp, "labels-src", LABELS_ASSET)
-        os.makedirs(os.path.dirname(labels_path))
-        with open(labels_path, "w", encoding="utf-8") as f:
-            f.write("".join(label + "\n" for label in labels))
+        fileio.makedirs(os.path.dirname(labels_path))
+        fileio.write_text(labels_path, "".join(label + "\n" for label in labels))
         module = VideoServingModule(fold_batchnorm(model), labels_path, spec)
         export = os.path.join(tmp, "export")
         tf.saved_model.save(module, export, signatures=module.signatures())
         extra = os.path.join(export, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
+        fileio.makedirs(extra)
         if warmup:
             write_warmup(os.path.join(extra, WARMUP_FILE), spec,
                          os.path.basename(os.path.normpath(model_dir)))
         info = {"signatures": {s: INPUT_KEYS[s] for s in SIGNATURES}, "outputs": OUTPUT_KEYS,
                 "spec": dataclasses.asdict(spec), "num_classes": num_classes,
                 "model_config": model.get_config(), **(extra_info or {})}
-        with open(os.path.join(extra, EXPORT_INFO_FILE), "w") as f:
-            json.dump(info, f, indent=2, default=str)
-        if os.path.exists(final):
+        fileio.write_text(os.path.join(extra, EXPORT_INFO_FILE),
+                          json.dumps(info, indent=2, default=str))
+        if fileio.exists(final):
             raise FileExistsError(f"version {version} appeared in {model_dir!r} during export")
-        os.rename(export, final)
+        fileio.move_tree(export, final)  # local: one rename; object stores: see fileio
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if fileio.exists(tmp):
+            fileio.rmtree(tmp)
     return final
 
 
@@ -508,7 +507,7 @@ def load_trained_model(weights, model_cfg=None):
     from vov3d_tf.models import VideoClassifier  # (imports the custom layers for load_model)
 
     weights = str(weights)
-    if not os.path.exists(weights):
+    if not fileio.exists(weights):
         raise FileNotFoundError(f"weights file not found: {weights}")
     if weights.endswith(".keras"):
         model = keras.models.load_model(weights, compile=False)

@@ -31,14 +31,14 @@ Everything is written into `cfg.train.output_dir`:
 import json
 import math
 import os
-import shutil
 import sys
+import tempfile
 import time
 
 import keras
 import tensorflow as tf
 
-from vov3d_tf import _compat, evaluation, finetune, optim
+from vov3d_tf import _compat, evaluation, fileio, finetune, optim
 from vov3d_tf.adapters import class_names, lr_schedule_args, model_from_config
 from vov3d_tf.config import config_to_dict, save_config
 from vov3d_tf.data.datasets import check_data, count_records, ensure_synthetic, make_datasets
@@ -304,13 +304,46 @@ def save_inference_model(model, path, strategy=None):
         keras.mixed_precision.set_global_policy(previous)
     clean.set_weights(model.get_weights())
     target = _worker_dir(path, strategy) if strategy is not None else path
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    fileio.makedirs(os.path.dirname(target) or ".")
     tmp = target + ".tmp.keras"
-    clean.save(tmp)
-    os.replace(tmp, target)  # never a half-written .keras under the final name
+    clean.save(tmp)  # Keras 3 writes .keras files through gfile: local, gs://, ram://, ...
+    fileio.rename(tmp, target)  # never a half-written .keras under the final name
     if strategy is not None and target != path:
-        shutil.rmtree(os.path.dirname(target), ignore_errors=True)
+        fileio.rmtree(os.path.dirname(target))
     return path
+
+
+class GfileCSVLogger(keras.callbacks.CSVLogger):
+    """keras.callbacks.CSVLogger for any path. Keras' logger keeps a file object open and asks
+    it for `.closed`, which tf.io.gfile's GFile lacks, and object stores cannot append: so for a
+    non-local path it logs into a local temporary copy (the previous rows downloaded first when
+    appending) and copies it to the path after every epoch; the temporary file is deleted when
+    training ends. Local paths use Keras' logger unchanged."""
+
+    def __init__(self, filename, append=False):
+        super().__init__(filename, append=append)
+        self.target = filename
+
+    def on_train_begin(self, logs=None):
+        if not fileio.is_local(self.target):
+            fd, self.filename = tempfile.mkstemp(suffix=".csv")
+            os.close(fd)
+            if self.append and fileio.exists(self.target):
+                fileio.copy(self.target, self.filename)
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.filename != self.target:
+            self.csv_file.flush()
+            fileio.copy(self.filename, self.target)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self.filename != self.target:
+            fileio.copy(self.filename, self.target)
+            os.remove(self.filename)
+            self.filename = self.target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,8 +369,7 @@ def _build_for_multi_worker(model, strategy, element_spec):
 
 
 def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    return fileio.read_json(path)
 
 
 def _prepare_output_dir(cfg, source, force, chief):
@@ -346,15 +378,15 @@ def _prepare_output_dir(cfg, source, force, chief):
     if force and chief:
         for name in RUN_FILES:
             p = os.path.join(out, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.remove(p)
-    elif os.path.exists(final):
+            if fileio.isdir(p):
+                fileio.rmtree(p)
+            elif fileio.exists(p):
+                fileio.remove(p)
+    elif fileio.exists(final):
         return _read_json(final)
     saved = os.path.join(out, "config.json")
     ckpt = tf.train.latest_checkpoint(os.path.join(out, CHECKPOINT_DIR))
-    if ckpt and os.path.exists(saved):
+    if ckpt and fileio.exists(saved):
         before = _read_json(saved)
         now = config_to_dict(cfg)
         for section in ("model",):  # init_weights only matters for a fresh run
@@ -370,7 +402,7 @@ def _prepare_output_dir(cfg, source, force, chief):
                       f"({before['train'].get(key)} -> {now['train'][key]}); resuming anyway",
                       flush=True)
     if chief:
-        os.makedirs(out, exist_ok=True)
+        fileio.makedirs(out)
         save_config(cfg, saved)
     return None
 
@@ -473,8 +505,7 @@ def _compile(cfg, strategy, steps_per_epoch, *, fresh, chief):
         if cfg.model.init_weights and fresh:
             report = finetune.load_initial_weights(model, cfg.model.init_weights)
             if chief:
-                with open(os.path.join(out, "init_weights.json"), "w") as f:
-                    json.dump(report, f, indent=2)
+                fileio.write_json(os.path.join(out, "init_weights.json"), report, indent=2)
         frozen = finetune.freeze(model, tc.freeze)
         if frozen:
             print(f"[vov3d] train.freeze={tc.freeze}: {len(frozen)} layers frozen "
@@ -576,7 +607,7 @@ def _run(cfg, *, source, force, datasets, verbose):
                  PeriodicEval(eval_ds, cfg.model.num_classes, cfg.eval.every_epochs, best_path,
                               best_top1, save_fn, cfg.eval.max_views_per_batch), saver]
     if chief:
-        callbacks += [keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+        callbacks += [GfileCSVLogger(os.path.join(out, "history.csv"), append=True),
                       keras.callbacks.TensorBoard(os.path.join(out, "logs"), update_freq="epoch")]
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -609,13 +640,10 @@ def _run(cfg, *, source, force, datasets, verbose):
                "per_class_csv": result.get("per_class_csv"),
                "confusion_png": result.get("confusion_png"),
                "predictions_csv": result.get("predictions_csv")}
-    if not chief:  # this worker's temporary checkpoint copies
-        shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
+    if not chief and fileio.exists(os.path.dirname(manager.directory)):  # this worker's copies
+        fileio.rmtree(os.path.dirname(manager.directory))
     if chief:
-        tmp = os.path.join(out, FINAL_METRICS + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(tmp, os.path.join(out, FINAL_METRICS))
+        fileio.atomic_write_json(os.path.join(out, FINAL_METRICS), metrics, indent=2)
     print(f"[vov3d] final multi-view test ({result['num_videos']} videos x "
           f"{result['num_views']} views): top-1 {result['top1']:.4f}, top-5 "
           f"{result['top5']:.4f}; trained {step} steps in {train_seconds:.0f} s", flush=True)
@@ -630,13 +658,13 @@ def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_di
     if weights is None:
         for name in ("best.keras", "last.keras"):
             candidate = os.path.join(cfg.train.output_dir, name)
-            if os.path.exists(candidate):
+            if fileio.exists(candidate):
                 weights = candidate
                 break
         else:
             raise FileNotFoundError(f"{source}: no best.keras/last.keras in train.output_dir "
                                     f"{cfg.train.output_dir!r}; pass --weights")
-    if not os.path.exists(weights):
+    if not fileio.exists(weights):
         raise FileNotFoundError(f"--weights: {weights!r} not found")
     if datasets is None:
         check_data(cfg, source, need_train=False)
@@ -655,8 +683,7 @@ def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_di
     metrics.update(weights=weights, per_class_csv=result["per_class_csv"],
                    confusion_png=result["confusion_png"],
                    predictions_csv=result["predictions_csv"])
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    fileio.write_json(os.path.join(out, "metrics.json"), metrics, indent=2)
     print(f"[vov3d] {weights}: multi-view test ({result['num_videos']} videos x "
           f"{result['num_views']} views): top-1 {result['top1']:.4f}, top-5 "
           f"{result['top5']:.4f}", flush=True)

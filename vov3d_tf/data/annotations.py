@@ -21,10 +21,11 @@ Official formats:
 """
 import csv
 import dataclasses
-import json
+import io
 import os
 from typing import Optional
 
+from vov3d_tf import fileio
 from vov3d_tf.data.video_io import VIDEO_EXTENSIONS
 
 SPLIT_FILES = {"train": "train", "training": "train", "validation": "validation",
@@ -81,8 +82,8 @@ def _split_file(split):
 def parse_csv(csv_path, *, labels=None, frames_root=None):
     """CSV with header `path,label`; relative paths resolve against the CSV's folder, or against
     `frames_root` when given (then each path is a folder of frames)."""
-    base = frames_root if frames_root is not None else os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    base = frames_root if frames_root is not None else fileio.dirname(fileio.abspath(csv_path))
+    with io.StringIO(fileio.read_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
             raise AnnotationError(f"{csv_path}: expected a header with columns path,label, got "
@@ -93,7 +94,7 @@ def parse_csv(csv_path, *, labels=None, frames_root=None):
     labels = sorted({r[2] for r in rows}) if labels is None else labels
     indices = _index(labels, [(line, text) for line, _, text in rows], csv_path)
     kind = "frames" if frames_root is not None else "video"
-    items = [Item(source=os.path.join(base, path), label=i, label_text=labels[i], name=path,
+    items = [Item(source=fileio.join(base, path), label=i, label_text=labels[i], name=path,
                   kind=kind) for (_, path, _), i in zip(rows, indices)]
     return items, labels
 
@@ -105,9 +106,8 @@ def strip_template(template):
 
 def parse_ssv2(ssv2_dir, split, *, videos_root=None):
     """Something-Something v2 annotation JSONs (see the module docstring)."""
-    labels_path = os.path.join(ssv2_dir, "labels.json")
-    with open(labels_path, encoding="utf-8") as f:
-        mapping = json.load(f)
+    labels_path = fileio.join(ssv2_dir, "labels.json")
+    mapping = fileio.read_json(labels_path)
     try:
         order = sorted((int(v), k) for k, v in mapping.items())
     except (AttributeError, ValueError) as e:
@@ -115,9 +115,8 @@ def parse_ssv2(ssv2_dir, split, *, videos_root=None):
     if [i for i, _ in order] != list(range(len(order))):
         raise AnnotationError(f"{labels_path}: indices are not 0..{len(order) - 1}")
     labels = [k for _, k in order]
-    ann_path = os.path.join(ssv2_dir, f"{_split_file(split)}.json")
-    with open(ann_path, encoding="utf-8") as f:
-        entries = json.load(f)
+    ann_path = fileio.join(ssv2_dir, f"{_split_file(split)}.json")
+    entries = fileio.read_json(ann_path)
     rows = []
     for n, e in enumerate(entries):
         if "template" not in e or "id" not in e:
@@ -126,18 +125,18 @@ def parse_ssv2(ssv2_dir, split, *, videos_root=None):
         rows.append((f"entry {n} (id {e['id']})", strip_template(e["template"])))
     indices = _index(labels, rows, ann_path)
     root = videos_root or _first_dir(ssv2_dir, "20bn-something-something-v2")
-    items = [Item(source=os.path.join(root, f"{e['id']}.webm"), label=i, label_text=labels[i],
+    items = [Item(source=fileio.join(root, f"{e['id']}.webm"), label=i, label_text=labels[i],
                   name=f"{e['id']}.webm") for e, i in zip(entries, indices)]
     return items, labels
 
 
 def parse_ssv1(ssv1_dir, split, *, frames_root=None):
     """Something-Something v1 `;`-separated CSVs (see the module docstring)."""
-    labels_path = os.path.join(ssv1_dir, "something-something-v1-labels.csv")
+    labels_path = fileio.join(ssv1_dir, "something-something-v1-labels.csv")
     labels = read_labels_file(labels_path)
-    ann_path = os.path.join(ssv1_dir, f"something-something-v1-{_split_file(split)}.csv")
+    ann_path = fileio.join(ssv1_dir, f"something-something-v1-{_split_file(split)}.csv")
     ids, rows = [], []
-    with open(ann_path, encoding="utf-8") as f:
+    with io.StringIO(fileio.read_text(ann_path)) as f:
         for line_num, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -149,7 +148,7 @@ def parse_ssv1(ssv1_dir, split, *, frames_root=None):
             rows.append((line_num, text.strip()))
     indices = _index(labels, rows, ann_path)
     root = frames_root or _first_dir(ssv1_dir, "20bn-something-something-v1")
-    items = [Item(source=os.path.join(root, v), label=i, label_text=labels[i], name=v,
+    items = [Item(source=fileio.join(root, v), label=i, label_text=labels[i], name=v,
                   kind="frames") for v, i in zip(ids, indices)]
     return items, labels
 
@@ -162,18 +161,18 @@ def kinetics_clip_name(youtube_id, start, end):
 def index_videos(videos_root):
     """{file stem: path} of every video under videos_root (first in sorted walk order wins)."""
     found = {}
-    for dirpath, dirnames, filenames in os.walk(videos_root):
+    for dirpath, dirnames, filenames in fileio.walk(videos_root):
         dirnames.sort()
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS:
-                found.setdefault(stem, os.path.join(dirpath, name))
+                found.setdefault(stem, fileio.join(dirpath, name))
     return found
 
 
 def parse_k400(csv_path, videos_root, *, labels=None):
     """Kinetics-400 `train.csv` / `validate.csv` (see the module docstring)."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with io.StringIO(fileio.read_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
         need = {"label", "youtube_id", "time_start", "time_end"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
@@ -201,11 +200,11 @@ def parse_k400(csv_path, videos_root, *, labels=None):
             items.append(Item(source=videos[yid], label=i, label_text=labels[i], name=clip,
                               start=start, end=end))
         else:  # reported as missing by the builder
-            items.append(Item(source=os.path.join(videos_root, clip + ".mp4"), label=i,
+            items.append(Item(source=fileio.join(videos_root, clip + ".mp4"), label=i,
                               label_text=labels[i], name=clip))
     return items, labels
 
 
 def _first_dir(base, sub):
-    candidate = os.path.join(base, sub)
-    return candidate if os.path.isdir(candidate) else base
+    candidate = fileio.join(base, sub)
+    return candidate if fileio.isdir(candidate) else base

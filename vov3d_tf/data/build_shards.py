@@ -15,6 +15,11 @@ on --workers processes; the main process writes one shard at a time to a tempora
 renames it when complete, then records it in `.build/{split}/` so that a re-run skips finished
 shards (a shard whose videos or build parameters changed is rebuilt). Videos that are missing,
 empty or undecodable are skipped, counted and listed with the reason in manifest.json.
+
+Every path may be local or on any tf.io.gfile filesystem (gs://, s3://, ram://, ...).
+With --runner (or --beam) the same build runs as an Apache Beam pipeline (vov3d_tf/data/beam.py,
+`pip install -e ".[beam]"`); every flag this parser does not know is passed to Beam as a
+pipeline option, e.g. --runner DataflowRunner --project P --region R --temp_location gs://...
 """
 import argparse
 import hashlib
@@ -25,8 +30,9 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
-from vov3d_tf import runtime
+from vov3d_tf import fileio, runtime
 from vov3d_tf.data import annotations, shards, video_io
 from vov3d_tf.data import format as fmt
 
@@ -41,22 +47,101 @@ def assign_shards(items, num_shards, seed=PLAN_SEED):
 
 
 def _load(job):
-    """Worker: (item, params) -> (serialized record or None, reason)."""
+    """Worker: (item, params) -> (serialized record, stored frame rate or None) or (None, reason).
+    """
     item, params = job
     try:
         if item.kind == "frames":
             frames = video_io.read_frame_folder(item.source, short_side=params["short_side"],
                                                 jpeg_quality=params["jpeg_quality"])
+            rate = None  # a folder of frames carries no frame rate
         else:
-            frames = video_io.read_video(item.source, short_side=params["short_side"],
-                                         fps=params["fps"], start=item.start, end=item.end,
-                                         jpeg_quality=params["jpeg_quality"])
+            frames, rate = video_io.read_video_with_rate(
+                item.source, short_side=params["short_side"], fps=params["fps"],
+                start=item.start, end=item.end, jpeg_quality=params["jpeg_quality"])
     except video_io.VideoError as e:
         return None, str(e)
     except Exception as e:  # noqa: BLE001  (never let one file kill the build)
         return None, f"{type(e).__name__}: {e}"
     example = fmt.make_sequence_example(frames, item.label, item.label_text, item.name)
-    return example.SerializeToString(), len(frames)
+    # deterministic=True sorts the context map's keys; otherwise upb writes them in a per-process
+    # hash order and two processes (or Beam workers) give different bytes for the same record.
+    return example.SerializeToString(deterministic=True), rate
+
+
+def write_shard(output_dir, split, name, digest, shard_items, outcomes, num_labels, *, gzip=False,
+                on_video=None):
+    """Writes one shard from `outcomes`, the (record or None, rate or reason) of `shard_items` in
+    order (what `_load` returns), under a temporary name renamed when complete; records it in
+    `.build/{split}/` and returns its result (file, records, sha256, skipped, class_counts,
+    frame_rates, skipped_videos, size). Shared by the local builder and the Beam pipeline, so
+    both write the same bytes."""
+    writer = shards.ShardWriter(fileio.join(output_dir, name), gzip=gzip)
+    counts, skipped, rates = [0] * num_labels, [], {}
+    try:
+        for item, (record, info) in zip(shard_items, outcomes, strict=True):
+            if record is None:
+                skipped.append({"source": item.source, "reason": info, "shard": name})
+            else:
+                writer.write(record)
+                counts[item.label] += 1
+                key = "unknown" if info is None else repr(float(info))
+                rates[key] = rates.get(key, 0) + 1
+            if on_video is not None:
+                on_video(len(skipped))
+    except BaseException:
+        writer.abort()
+        raise
+    records = writer.records
+    digest_file = writer.close()
+    result = {"file": name, "records": records, "sha256": digest_file, "skipped": len(skipped),
+              "class_counts": counts, "frame_rates": dict(sorted(rates.items())),
+              "skipped_videos": skipped, "size": fileio.getsize(fileio.join(output_dir, name))}
+    fileio.makedirs(state_path(output_dir, split))
+    shards.atomic_write_text(fileio.join(state_path(output_dir, split), name + ".json"),
+                             json.dumps({"plan": digest, "result": result}))
+    return result
+
+
+def state_path(output_dir, split):
+    return fileio.join(output_dir, ".build", split)
+
+
+def prepare(items, labels, *, output_dir, split, num_shards, params, gzip=False):
+    """The build plan: (num_shards, finished {k: result}, todo [(k, name, digest, items)]).
+
+    Removes leftovers of an interrupted run (temporary shard files) and reuses shards whose
+    recorded plan digest and size still match."""
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    if not items:
+        raise ValueError(f"no videos to build for split {split!r} (empty annotation list)")
+    num_shards = min(num_shards, len(items))
+    fileio.makedirs(state_path(output_dir, split))
+    for name in fileio.listdir(output_dir):  # leftovers of an interrupted run
+        if name.startswith(f"{split}-") and fileio.TMP_MARK in name:
+            fileio.remove(fileio.join(output_dir, name))
+    results, todo = {}, []
+    for k, shard_items in enumerate(assign_shards(items, num_shards)):
+        name = fmt.shard_name(split, k, num_shards, gzip=gzip)
+        digest = _plan_digest(shard_items, params)
+        done = _finished(output_dir, state_path(output_dir, split), name, digest)
+        if done is not None:
+            results[k] = done
+        else:
+            todo.append((k, name, digest, shard_items))
+    return num_shards, results, todo
+
+
+def finish(results, labels, *, output_dir, split, num_shards, params, gzip=False):
+    """Writes the split's manifest entry from all shard results ({k: result}); returns the
+    manifest."""
+    ordered = [dict(results[k]) for k in range(num_shards)]
+    skipped = [s for r in ordered for s in r.pop("skipped_videos")]
+    for r in ordered:
+        r.pop("size")
+    entry = shards.split_entry(ordered, skipped, len(labels), "GZIP" if gzip else "", params)
+    return shards.write_split(output_dir, split, entry, labels)
 
 
 def _plan_digest(shard_items, params):
@@ -67,26 +152,8 @@ def _plan_digest(shard_items, params):
 def build(items, labels, *, output_dir, split, num_shards, params, workers=None, gzip=False,
           progress=True):
     """Writes the shards of `items` and the split's manifest entry; returns the manifest."""
-    if num_shards < 1:
-        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
-    if not items:
-        raise ValueError(f"no videos to build for split {split!r} (empty annotation list)")
-    num_shards = min(num_shards, len(items))
-    state_dir = os.path.join(output_dir, ".build", split)
-    os.makedirs(state_dir, exist_ok=True)
-    for name in os.listdir(output_dir):  # leftovers of an interrupted run
-        if name.startswith(f"{split}-") and ".tmp-" in name:
-            os.remove(os.path.join(output_dir, name))
-    plan = assign_shards(items, num_shards)
-    results, todo = {}, []
-    for k, shard_items in enumerate(plan):
-        name = fmt.shard_name(split, k, num_shards, gzip=gzip)
-        digest = _plan_digest(shard_items, params)
-        done = _finished(output_dir, state_dir, name, digest)
-        if done is not None:
-            results[k] = done
-        else:
-            todo.append((k, name, digest, shard_items))
+    num_shards, results, todo = prepare(items, labels, output_dir=output_dir, split=split,
+                                        num_shards=num_shards, params=params, gzip=gzip)
     skipped_done = sum(len(r["skipped_videos"]) for r in results.values())
     if progress and results:
         print(f"resuming: {len(results)} of {num_shards} shards already built", file=sys.stderr)
@@ -98,55 +165,35 @@ def build(items, labels, *, output_dir, split, num_shards, params, workers=None,
     stream = (pool.imap(_load, jobs, chunksize=1) if pool is not None else map(_load, jobs))
     try:
         for k, name, digest, shard_items in todo:
-            writer = shards.ShardWriter(os.path.join(output_dir, name), gzip=gzip)
-            counts, skipped = [0] * len(labels), []
-            try:
-                for item in shard_items:
-                    record, info = next(stream)
-                    if record is None:
-                        skipped.append({"source": item.source, "reason": info, "shard": name})
-                    else:
-                        writer.write(record)
-                        counts[item.label] += 1
-                    bar.update(1)
-                    bar.set_postfix(skipped=skipped_done + len(skipped), refresh=False)
-            except BaseException:
-                writer.abort()
-                raise
-            records = writer.records
-            digest_file = writer.close()
-            results[k] = {"file": name, "records": records, "sha256": digest_file,
-                          "skipped": len(skipped), "class_counts": counts,
-                          "skipped_videos": skipped,
-                          "size": os.path.getsize(os.path.join(output_dir, name))}
-            skipped_done += len(skipped)
-            shards.atomic_write_text(os.path.join(state_dir, name + ".json"),
-                                     json.dumps({"plan": digest, "result": results[k]}))
+            def on_video(n_skipped, done=skipped_done):
+                bar.update(1)
+                bar.set_postfix(skipped=done + n_skipped, refresh=False)
+
+            outcomes = (next(stream) for _ in shard_items)
+            results[k] = write_shard(output_dir, split, name, digest, shard_items, outcomes, len(labels),
+                                     gzip=gzip, on_video=on_video)
+            skipped_done += results[k]["skipped"]
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
             pool.join()
-    ordered = [results[k] for k in range(num_shards)]
-    skipped = [s for r in ordered for s in r.pop("skipped_videos")]
-    for r in ordered:
-        r.pop("size")
-    entry = shards.split_entry(ordered, skipped, len(labels), "GZIP" if gzip else "", params)
-    return shards.write_split(output_dir, split, entry, labels)
+    return finish(results, labels, output_dir=output_dir, split=split, num_shards=num_shards,
+                  params=params, gzip=gzip)
 
 
 def _finished(output_dir, state_dir, name, digest):
-    path = os.path.join(state_dir, name + ".json")
-    shard = os.path.join(output_dir, name)
-    if not (os.path.exists(path) and os.path.exists(shard)):
+    path = fileio.join(state_dir, name + ".json")
+    shard = fileio.join(output_dir, name)
+    if not (fileio.exists(path) and fileio.exists(shard)):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
-    except (OSError, ValueError):
+        state = fileio.read_json(path)
+    except (OSError, ValueError, tf.errors.OpError):
         return None
     result = state.get("result", {})
-    if state.get("plan") != digest or result.get("size") != os.path.getsize(shard):
+    if (state.get("plan") != digest or result.get("size") != fileio.getsize(shard)
+            or "frame_rates" not in result):  # state of an older builder: rebuild
         return None
     return result
 
@@ -198,7 +245,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m vov3d_tf.data.build_shards",
                                      description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.split("\n")[1:]))
+                                     epilog="\n".join(__doc__.split("\n")[1:]),
+                                     allow_abbrev=False)  # unknown flags go to Beam verbatim
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--split", required=True, help="file prefix, e.g. train / validation")
     parser.add_argument("--csv", help="CSV with header path,label")
@@ -218,7 +266,14 @@ def main(argv=None):
     parser.add_argument("--gzip", action="store_true", help="write .tfrecord.gz shards")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding processes")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--beam", action="store_true",
+                        help="build with Apache Beam (default runner: DirectRunner); implied by "
+                             "--runner; every unknown flag is a Beam pipeline option")
+    args, beam_args = parser.parse_known_args(argv)
+    use_beam = args.beam or any(a == "--runner" or a.startswith("--runner=") for a in beam_args)
+    if beam_args and not use_beam:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options need "
+                     f"--beam or --runner)")
     runtime.configure()  # TF process settings, before the first tensor
     if not 1 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
@@ -242,17 +297,33 @@ def main(argv=None):
               "fps_policy": "all decoded frames" if fps is None else
               f"resampled to {fps} fps (frame on screen at t0 + k / fps)"}
     start = time.time()
+    metrics = None
     try:
-        manifest = build(items, labels, output_dir=args.output_dir, split=args.split,
-                         num_shards=args.num_shards, params=params, workers=args.workers,
-                         gzip=args.gzip, progress=not args.no_progress)
+        if use_beam:
+            try:
+                from vov3d_tf.data import beam
+                import apache_beam  # noqa: F401
+            except ImportError as e:
+                print(f"error: --beam/--runner needs Apache Beam: pip install -e \".[beam]\" ({e})",
+                      file=sys.stderr)
+                return 2
+            manifest, metrics = beam.run(items, labels, output_dir=args.output_dir,
+                                         split=args.split, num_shards=args.num_shards,
+                                         params=params, gzip=args.gzip, beam_args=beam_args)
+        else:
+            manifest = build(items, labels, output_dir=args.output_dir, split=args.split,
+                             num_shards=args.num_shards, params=params, workers=args.workers,
+                             gzip=args.gzip, progress=not args.no_progress)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     entry = manifest["splits"][args.split]
-    print(json.dumps({"output_dir": args.output_dir, "split": args.split,
-                      "records": entry["num_records"], "skipped": entry["num_skipped"],
-                      "shards": len(entry["shards"]), "seconds": round(time.time() - start, 1)}))
+    summary = {"output_dir": args.output_dir, "split": args.split,
+               "records": entry["num_records"], "skipped": entry["num_skipped"],
+               "shards": len(entry["shards"]), "seconds": round(time.time() - start, 1)}
+    if metrics is not None:
+        summary["beam_metrics"] = metrics
+    print(json.dumps(summary))
     for s in entry["skipped"][:20]:
         print(f"skipped {s['source']}: {s['reason']}", file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ import time
 
 import tensorflow as tf
 
-from vov3d_tf import adapters
+from vov3d_tf import adapters, fileio
 from vov3d_tf.data import pipeline, shards
 
 __all__ = ["ensure_synthetic", "check_data", "count_records", "manifest_labels",
@@ -22,7 +22,7 @@ __all__ = ["ensure_synthetic", "check_data", "count_records", "manifest_labels",
 
 def _folders(pattern):
     """The folders of the files a pattern matches, sorted."""
-    return sorted({os.path.dirname(os.path.abspath(f)) for f in tf.io.gfile.glob(pattern)})
+    return sorted({fileio.dirname(fileio.abspath(f)) for f in tf.io.gfile.glob(pattern)})
 
 
 def ensure_synthetic(cfg, source="config"):

@@ -10,6 +10,10 @@ tools read our shards and we read theirs:
 
 Parsing never decodes a JPEG: `parse_sequence_example` returns the encoded frames, so
 the pipeline gathers the few sampled frames first and decodes only those.
+
+Shards written by other tools may name the frames and labels differently: `image_key` and
+`label_key` (config `data.image_key` / `data.label_key`, Model Garden's `image_field_key` /
+`label_field_key`) select them; label texts and file names are optional when parsing.
 """
 import tensorflow as tf
 
@@ -65,27 +69,34 @@ def make_sequence_example(frames_jpeg, label_index, label_text, filename):
     return example
 
 
-_CONTEXT_FEATURES = {
-    LABEL_INDEX_KEY: tf.io.VarLenFeature(tf.int64),
-    LABEL_TEXT_KEY: tf.io.VarLenFeature(tf.string),
-    FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
-_SEQUENCE_FEATURES = {IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)}
+def _context_features(label_key):
+    features = {
+        label_key: tf.io.VarLenFeature(tf.int64),
+        LABEL_TEXT_KEY: tf.io.VarLenFeature(tf.string),
+        FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+    if label_key in (LABEL_TEXT_KEY, FILENAME_KEY):
+        raise ValueError(f"label_key {label_key!r} names a text feature; it must name the int64 "
+                         f"class indices")
+    return features
 
 
-def parse_sequence_example(serialized):
+def parse_sequence_example(serialized, image_key=IMAGE_KEY, label_key=LABEL_INDEX_KEY):
     """Parses one serialized record (graph-safe; JPEGs stay encoded).
 
+    `image_key`: the feature list of encoded frames; `label_key`: the context int64 list of
+    class indices (defaults: this project's / Model Garden's / DMVR's keys).
     Returns a dict: `frames` string (N,) encoded JPEGs, `num_frames` int32 scalar N,
     `labels` int64 (L,), `label_texts` string (L,), `filename` string scalar.
     """
     context, sequence = tf.io.parse_single_sequence_example(
-        serialized, context_features=_CONTEXT_FEATURES, sequence_features=_SEQUENCE_FEATURES)
-    frames = sequence[IMAGE_KEY]
+        serialized, context_features=_context_features(label_key),
+        sequence_features={image_key: tf.io.FixedLenSequenceFeature([], tf.string)})
+    frames = sequence[image_key]
     return {
         "frames": frames,
         "num_frames": tf.shape(frames, out_type=tf.int32)[0],
-        "labels": tf.sparse.to_dense(context[LABEL_INDEX_KEY]),
+        "labels": tf.sparse.to_dense(context[label_key]),
         "label_texts": tf.sparse.to_dense(context[LABEL_TEXT_KEY], default_value=""),
         "filename": context[FILENAME_KEY],
     }

@@ -16,7 +16,6 @@ Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = nu
 """
 import collections
 import functools
-import glob
 import os
 import sys
 import threading
@@ -24,6 +23,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from vov3d_tf import fileio
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 from vov3d_tf.data import shards
@@ -70,7 +70,7 @@ def _report_skip(path, index, lost):
 def load_labels(path):
     """Class names (index order) from a shard directory's manifest, or from a labels file
     (one class per line, read by `vov3d_tf.data.labels.read_labels`)."""
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         return shards.load_labels(path)
     return read_labels(path)
 
@@ -86,30 +86,30 @@ def resolve_files(file_pattern, split=None):
         paths = [os.fspath(p) for p in file_pattern]
     elif isinstance(file_pattern, os.PathLike):
         return resolve_files(os.fspath(file_pattern), split)
-    elif os.path.isdir(file_pattern):
+    elif fileio.isdir(file_pattern):
         if split is None:
             raise ValueError(f"{file_pattern!r} is a directory: pass split= (one of its manifest's "
                              f"splits) or a file pattern")
         paths = shards.split_files(file_pattern, split)
     else:
-        paths = sorted(glob.glob(file_pattern))
+        paths = fileio.glob(file_pattern)
     if not paths:
         raise FileNotFoundError(f"no shard files match {file_pattern!r}")
-    missing = [p for p in paths if not os.path.exists(p)]
+    missing = [p for p in paths if not fileio.exists(p)]
     if missing:
         raise FileNotFoundError(f"shard files not found: {missing}")
     expected, compression = {}, {}
-    for directory in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}):
-        if not os.path.exists(shards.manifest_path(directory)):
+    for directory in sorted({fileio.dirname(fileio.abspath(p)) for p in paths}):
+        if not fileio.exists(shards.manifest_path(directory)):
             continue
         for entry in shards.read_manifest(directory)["splits"].values():
             for s in entry["shards"]:
-                key = os.path.join(directory, s["file"])
+                key = fileio.join(directory, s["file"])
                 expected[key] = int(s["records"])
                 compression[key] = entry.get("compression", "")
     files, kinds = [], set()
     for p in paths:
-        key = os.path.abspath(p)
+        key = fileio.abspath(p)
         files.append((p, expected.get(key, -1)))
         kinds.add(compression.get(key, "GZIP" if p.endswith(fmt.GZIP_SUFFIX) else ""))
     if len(kinds) > 1:
@@ -160,7 +160,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
                  seed=None, repeat=False,
                  num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
                  drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
-                 prefetch=None, with_filename=False):
+                 prefetch=None, with_filename=False, image_key=fmt.IMAGE_KEY,
+                 label_key=fmt.LABEL_INDEX_KEY):
     """A tf.data pipeline over video shards.
 
     Args:
@@ -197,6 +198,9 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       with_filename: eval only: elements (views, labels, filenames), each video's
         `video/filename`; a record without a label gets label -1 (hidden test labels, e.g. the
         Something-Something test split) instead of counting as corrupt.
+      image_key, label_key: the records' feature list of JPEG frames and context int64 class
+        indices (for shards written by other tools, e.g. Model Garden's image_field_key /
+        label_field_key; files need no .tfrecord extension: pass a glob or a list).
     """
     if sampling not in DEFAULTS:
         raise ValueError(f"sampling must be one of {tuple(DEFAULTS)}, got {sampling!r}")
@@ -228,6 +232,9 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
     file_seed, record_seed, aug_seed = seeds if seed is not None else (None, None, None)
 
     files, compression = _shard_files(file_pattern, split, num_shards, shard_index)
+    check_record_keys(files[0][0], compression, image_key, label_key)
+    if sampling == "dense":
+        check_frame_rate([p for p, _ in files], sampling_rate, num_frames)
     ds = _read_records(files, compression, on_corrupt=on_corrupt, shuffle=shuffle,
                        shuffle_buffer=shuffle_buffer, file_seed=file_seed,
                        record_seed=record_seed, repeat=repeat, deterministic=deterministic)
@@ -236,7 +243,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         parse = functools.partial(
             parse_train_record, num_frames=num_frames, crop_size=crop_size, sampling=sampling,
             sampling_rate=sampling_rate, scale_range=scale_range,
-            inverse_uniform=inverse_uniform, random_flip=random_flip)
+            inverse_uniform=inverse_uniform, random_flip=random_flip, image_key=image_key,
+            label_key=label_key)
         out_shape = [num_frames, crop_size, crop_size, 3]
     else:
         if random_test_segments:  # reference protocol: random frame per segment and view,
@@ -247,7 +255,7 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
             parse_eval_record, num_frames=num_frames, crop_size=test_crop_size,
             sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
             num_clips=num_clips, num_crops=num_crops, random_segments=random_test_segments,
-            with_filename=with_filename)
+            with_filename=with_filename, image_key=image_key, label_key=label_key)
         out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
     ds = _parse_or_skip(ds, parse, out_shape, on_corrupt=on_corrupt,
                         num_parallel_calls=num_parallel_calls, deterministic=deterministic,
@@ -303,10 +311,11 @@ def _with_seeds(ds, seed, **random_kwargs):
 
 
 def parse_train_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
-                       sampling_rate, scale_range, inverse_uniform, random_flip):
+                       sampling_rate, scale_range, inverse_uniform, random_flip,
+                       image_key=fmt.IMAGE_KEY, label_key=fmt.LABEL_INDEX_KEY):
     """One training record -> (clip float32 (T, c, c, 3), label int32): decode only the sampled
     frames, random short-side scale, random crop, optional flip (`preprocess.train_clip`)."""
-    rec = fmt.parse_sequence_example(serialized)
+    rec = fmt.parse_sequence_example(serialized, image_key, label_key)
     clip = preprocess.train_clip(
         rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
         sampling_rate=sampling_rate, scale_range=scale_range, inverse_uniform=inverse_uniform,
@@ -316,11 +325,12 @@ def parse_train_record(path, index, serialized, seed, *, num_frames, crop_size, 
 
 def parse_eval_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
                       sampling_rate, short_side, num_clips, num_crops, random_segments=False,
-                      with_filename=False):
+                      with_filename=False, image_key=fmt.IMAGE_KEY,
+                      label_key=fmt.LABEL_INDEX_KEY):
     """One eval record -> (views float32 (V, T, c, c, 3), label int32): the multi-view test
     (`preprocess.eval_views`); `random_segments` draws each segment's frame from `seed`.
     `with_filename`: (views, (label or -1 when the record has none, video/filename))."""
-    rec = fmt.parse_sequence_example(serialized)
+    rec = fmt.parse_sequence_example(serialized, image_key, label_key)
     views = preprocess.eval_views(
         rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
         sampling_rate=sampling_rate, short_side=short_side, num_clips=num_clips,
@@ -362,6 +372,66 @@ def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, dete
                        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     return ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape),
                                                        *(y if with_filename else (y,))))
+
+
+def check_record_keys(path, compression, image_key, label_key):
+    """The first record of `path` must hold `image_key` (feature list) and `label_key` (context):
+    a ValueError naming the file and the keys it has otherwise (shards written by other tools
+    use other keys: data.image_key / data.label_key). A record that does not parse is left to
+    the pipeline's corrupt-record handling."""
+    try:
+        first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)),
+                     None)
+        if first is None:
+            return
+        example = tf.train.SequenceExample.FromString(first.numpy())
+    except Exception:  # noqa: BLE001  (unreadable/corrupt: reported by the pipeline)
+        return
+    lists, context = example.feature_lists.feature_list, example.context.feature
+    if image_key not in lists:
+        raise ValueError(f"{path}: record 0 has no feature list {image_key!r} (it has "
+                         f"{sorted(lists)}; set data.image_key / image_key= to the frames' key)")
+    if label_key not in context:
+        raise ValueError(f"{path}: record 0 has no context feature {label_key!r} (it has "
+                         f"{sorted(context)}; set data.label_key / label_key= to the int64 "
+                         f"class-index key)")
+
+
+DENSE_REFERENCE_FPS = 30.0  # the paper's dense sampling (16 x stride 5) is defined at 30 fps
+_frame_rate_warned = set()
+
+
+def check_frame_rate(paths, sampling_rate, num_frames=16):
+    """Dense sampling's stride means time only at a known frame rate: warn (once per set of
+    folders) when the manifests beside `paths` record another stored rate than 30 fps, or none.
+    Returns the stored rate (None when unknown)."""
+    folders = tuple(sorted({fileio.dirname(fileio.abspath(p)) for p in paths}))
+    rates = set()
+    for folder in folders:
+        if not fileio.exists(shards.manifest_path(folder)):
+            rates.add(None)
+            continue
+        for entry in shards.read_manifest(folder)["splits"].values():
+            rates.add(entry.get("frame_rate"))
+    rate = rates.pop() if len(rates) == 1 else None
+    if folders in _frame_rate_warned:
+        return rate
+    if rate is None:
+        _frame_rate_warned.add(folders)
+        print(f"vov3d_tf.data: WARNING: the stored frame rate of {list(folders)} is unknown (no "
+              f"manifest, frame folders, or videos kept at different native rates); dense "
+              f"sampling takes every {sampling_rate}th stored frame as it is, defined for "
+              f"{DENSE_REFERENCE_FPS:g} fps (build with --fps 30 to fix the rate)",
+              file=sys.stderr, flush=True)
+    elif abs(rate - DENSE_REFERENCE_FPS) > 1e-3:
+        _frame_rate_warned.add(folders)
+        print(f"vov3d_tf.data: WARNING: shards in {list(folders)} are stored at {rate:g} fps; "
+              f"dense sampling's stride {sampling_rate} is defined at {DENSE_REFERENCE_FPS:g} fps "
+              f"(a window spans {num_frames * sampling_rate / rate:.2f} s instead of "
+              f"{num_frames * sampling_rate / DENSE_REFERENCE_FPS:.2f} s for {num_frames} "
+              f"frames)",
+              file=sys.stderr, flush=True)
+    return rate
 
 
 def _parallelism(num_parallel_calls):

@@ -10,6 +10,9 @@ class name per line, line number = class index) and `manifest.json`:
          "compression": "" | "GZIP",
          "num_records": N, "num_skipped": K,
          "class_histogram": [records per class index],
+         "frame_rate": stored frames per second (one value for all records) or null (unknown:
+                       frame folders, or videos kept at different native rates),
+         "frame_rates": {"25.0": records, ..., "unknown": records},
          "shards": [{"file": ..., "records": n, "sha256": ..., "skipped": k}],
          "skipped": [{"source": path, "reason": why, "shard": file}],
          "params": {build parameters}}, ...}}
@@ -18,10 +21,10 @@ Several splits may share one directory (and must share its labels).
 """
 import hashlib
 import json
-import os
 
 import tensorflow as tf
 
+from vov3d_tf import fileio
 from vov3d_tf.data import format as fmt
 
 FORMAT_VERSION = "vov3d_tf.video_sequence_example/1"
@@ -30,28 +33,26 @@ LABELS_NAME = "labels.txt"
 
 def sha256_file(path, chunk=1 << 20):
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def atomic_write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fileio.atomic_write_text(path, text)
 
 
 class ShardWriter:
     """Writes serialized records to `path` under a temporary name; `close()` renames it.
 
-    A crash leaves only `*.tmp-PID` files, never a half shard under the final name.
+    A crash leaves only `*.tmp-*` files, never a half shard under the final name (on an object
+    store the rename is a copy + delete: see fileio).
     """
 
     def __init__(self, path, gzip=False):
         self.path = path
-        self.tmp = f"{path}.tmp-{os.getpid()}"
+        self.tmp = fileio.temp_name(path)
         options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip else "")
         self._writer = tf.io.TFRecordWriter(self.tmp, options)
         self.records = 0
@@ -63,28 +64,28 @@ class ShardWriter:
     def close(self):
         """Finishes the shard; returns its sha256."""
         self._writer.close()
-        os.replace(self.tmp, self.path)
-        return sha256_file(self.path)
+        digest = sha256_file(self.tmp)  # read before the rename: one pass, same bytes
+        fileio.rename(self.tmp, self.path, overwrite=True)
+        return digest
 
     def abort(self):
         self._writer.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        if fileio.exists(self.tmp):
+            fileio.remove(self.tmp)
 
 
 def manifest_path(directory):
-    return os.path.join(directory, fmt.MANIFEST_NAME)
+    return fileio.join(directory, fmt.MANIFEST_NAME)
 
 
 def read_manifest(directory):
     """The manifest of a shard directory; a clear error if it is missing or unreadable."""
     path = manifest_path(directory)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"no {fmt.MANIFEST_NAME} in shard directory {directory!r}")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
+        manifest = fileio.read_json(path)
+    except (OSError, ValueError, tf.errors.OpError) as e:
         raise ValueError(f"cannot read manifest {path!r}: {e}") from e
     for key in ("labels", "splits"):
         if key not in manifest:
@@ -102,9 +103,9 @@ def write_split(directory, split, entry, labels):
 
     Raises if the directory already holds splits built with different labels.
     """
-    os.makedirs(directory, exist_ok=True)
+    fileio.makedirs(directory)
     path = manifest_path(directory)
-    if os.path.exists(path):
+    if fileio.exists(path):
         manifest = read_manifest(directory)
         if list(manifest["labels"]) != list(labels):
             old = manifest["labels"]
@@ -124,23 +125,30 @@ def write_split(directory, split, entry, labels):
                     "labels": list(labels), "splits": {}}
     manifest["splits"][split] = entry
     atomic_write_text(path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(os.path.join(directory, LABELS_NAME), "".join(f"{l}\n" for l in labels))
+    atomic_write_text(fileio.join(directory, LABELS_NAME), "".join(f"{l}\n" for l in labels))
     return manifest
 
 
 def split_entry(shards, skipped, num_classes, compression, params):
     """Builds a manifest split entry from per-shard results.
 
-    shards: list of dicts {"file", "records", "sha256", "skipped", "class_counts"}.
+    shards: list of dicts {"file", "records", "sha256", "skipped", "class_counts",
+    "frame_rates" (stored frame rate -> records, optional)}.
     """
-    histogram = [0] * num_classes
+    histogram, rates = [0] * num_classes, {}
     for s in shards:
         for i, c in enumerate(s.pop("class_counts")):
             histogram[i] += c
+        for rate, n in s.pop("frame_rates", {"unknown": s["records"]}).items():
+            rates[rate] = rates.get(rate, 0) + n
+    known = [r for r, n in rates.items() if n and r != "unknown"]
+    single = float(known[0]) if len(known) == 1 and not rates.get("unknown") else None
     return {"compression": compression,
             "num_records": sum(s["records"] for s in shards),
             "num_skipped": len(skipped),
             "class_histogram": histogram,
+            "frame_rate": single,
+            "frame_rates": dict(sorted(rates.items())),
             "shards": shards,
             "skipped": skipped,
             "params": params}
@@ -152,8 +160,8 @@ def split_files(directory, split):
     if split not in manifest["splits"]:
         raise KeyError(f"split {split!r} not in {manifest_path(directory)!r} "
                        f"(has {sorted(manifest['splits'])})")
-    paths = [os.path.join(directory, s["file"]) for s in manifest["splits"][split]["shards"]]
-    missing = [p for p in paths if not os.path.exists(p)]
+    paths = [fileio.join(directory, s["file"]) for s in manifest["splits"][split]["shards"]]
+    missing = [p for p in paths if not fileio.exists(p)]
     if missing:
         raise FileNotFoundError(f"shards listed in {manifest_path(directory)!r} are missing: "
                                 f"{missing}")

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from vov3d_tf import runtime
+from vov3d_tf import fileio, runtime
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import shards
 
@@ -128,10 +128,10 @@ def write_synthetic_dataset(output_dir, *, num_train=384, num_eval=96, num_frame
               "num_classes": num_classes, "seed": seed, "jpeg_quality": JPEG_QUALITY,
               "num_train": num_train, "num_eval": num_eval}
     manifest = None
-    os.makedirs(output_dir, exist_ok=True)
+    fileio.makedirs(output_dir)
     old = os.path.join(output_dir, fmt.MANIFEST_NAME)
-    if os.path.exists(old):  # regenerate from scratch, whatever was there before
-        os.remove(old)
+    if fileio.exists(old):  # regenerate from scratch, whatever was there before
+        fileio.remove(old)
     for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_eval))):
         rng = np.random.default_rng([seed, split_id])
         classes = rng.permutation(np.arange(count) % num_classes)

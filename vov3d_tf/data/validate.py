@@ -9,11 +9,10 @@ naming the shard and record, and exits 1 if there is any (0 and a JSON summary o
 import argparse
 import io
 import json
-import os
 import re
 import sys
 
-from vov3d_tf import runtime
+from vov3d_tf import fileio, runtime
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import shards
 
@@ -77,8 +76,8 @@ def validate(directory, *, full=False, log=print):
         histogram = [0] * len(labels)
         total = 0
         for shard in entry["shards"]:
-            path = os.path.join(directory, shard["file"])
-            if not os.path.exists(path):
+            path = fileio.join(directory, shard["file"])
+            if not fileio.exists(path):
                 log(f"BAD {path}: missing (listed in the manifest)")
                 problems += 1
                 continue

@@ -1,6 +1,8 @@
 """Reading one video (PyAV) or one folder of frames into resized JPEG frames, for the shard builder.
 
-Runs in worker processes: only PyAV, Pillow and numpy, no TensorFlow ops.
+Runs in worker processes: PyAV, Pillow and numpy, no TensorFlow ops; files are opened through
+tf.io.gfile (fileio), so a video may be on gs://, s3://, ram://, ... as well as on the local disk
+(PyAV and Pillow read from the gfile handle; nothing is copied to a local file).
 
 Frame policy (stated in the manifest's build params):
   * short side resized to `short_side` with Pillow's bilinear filter, never upscaled;
@@ -10,9 +12,10 @@ Frame policy (stated in the manifest's build params):
   * JPEG at `jpeg_quality`, RGB.
 """
 import io
-import os
 
 import numpy as np
+
+from vov3d_tf import fileio
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -47,14 +50,25 @@ def encode_image(image, size, jpeg_quality):
 
 def read_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_quality=90):
     """JPEG frames of a video file (list of bytes); raises VideoError with the reason."""
+    frames, _ = read_video_with_rate(path, short_side=short_side, fps=fps, start=start, end=end,
+                                     jpeg_quality=jpeg_quality)
+    return frames
+
+
+def read_video_with_rate(path, *, short_side=256, fps=None, start=None, end=None,
+                         jpeg_quality=90):
+    """(JPEG frames, stored frame rate): the rate is `fps` when resampling, else the stream's
+    average frame rate (None if the container does not give one)."""
     import av
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise VideoError("file not found")
-    if os.path.getsize(path) == 0:
+    if fileio.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
+    handle = fileio.open(path, "rb")
     try:
-        container = av.open(path)
+        container = av.open(handle)
     except Exception as e:  # noqa: BLE001  (PyAV raises many error types; all mean "unreadable")
+        handle.close()
         raise VideoError(f"cannot open: {type(e).__name__}: {e}") from None
     frames = []
     try:
@@ -62,7 +76,10 @@ def read_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_qua
             raise VideoError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = float(stream.average_rate or stream.guessed_rate or 30)
+        native = stream.average_rate or stream.guessed_rate
+        rate = float(native or 30)
+        stored_rate = float(fps) if fps is not None else (
+            round(float(native), 3) if native else None)
         if start:
             # Seek to the keyframe before `start`; frames before it are skipped by time below.
             container.seek(int(start / stream.time_base), stream=stream, backward=True)
@@ -105,26 +122,26 @@ def read_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_qua
         raise VideoError(f"decoding failed after {len(frames)} frames: {type(e).__name__}: {e}") from None
     finally:
         container.close()
+        handle.close()
     if not frames:
         raise VideoError("no frames decoded" + (f" in [{start}, {end}) s" if start is not None else ""))
-    return frames
+    return frames, stored_rate
 
 
 def read_frame_folder(path, *, short_side=256, jpeg_quality=90):
     """JPEG frames of a folder of images, in file-name order; JPEGs that need no resize are kept
     byte-for-byte."""
     from PIL import Image
-    if not os.path.isdir(path):
+    if not fileio.isdir(path):
         raise VideoError("frame folder not found")
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS))
+    names = sorted(n for n in fileio.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS))
     if not names:
         raise VideoError("frame folder has no images")
     frames, size = [], None
     for name in names:
-        file = os.path.join(path, name)
+        file = fileio.join(path, name)
         try:
-            with open(file, "rb") as f:
-                raw = f.read()
+            raw = fileio.read_bytes(file)
             image = Image.open(io.BytesIO(raw))
             image.load()
         except Exception as e:  # noqa: BLE001
