@@ -31,6 +31,7 @@ QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 # at the global average pools or the squeeze-excite gates, and keeping MEAN/LOGISTIC/MUL in
 # float costs speed without buying agreement.
 INT8_FLOAT_OPS = ()
+INT8_FLOAT_NODES = ()
 
 
 def _check_shape(frames, height, width, batch_size):
@@ -87,7 +88,7 @@ def _representative_dataset(calibration, shape):
 
 
 def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantize=None,
-              calibration=None, float_ops=None):
+              calibration=None, float_ops=None, float_nodes=None):
     """`.tflite` bytes of `model` (a `VideoClassifier`; BN is folded first) for float32 inputs
     `(batch_size, frames, height, width, 3)` and float32 logits out. `batch_size=None` leaves
     the batch dynamic.
@@ -101,6 +102,8 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantiz
       returning one. A few hundred eval views of your own data is typical.
     float_ops: for "int8": TFLite op names (e.g. "MEAN", "LOGISTIC") kept in float32
       (default `INT8_FLOAT_OPS`).
+    float_nodes: for "int8": regular expressions; ops whose output tensor name (the Keras layer
+      path, e.g. "s3_b0_u2_se_fc1") matches one stay in float32 (default `INT8_FLOAT_NODES`).
     """
     import tensorflow as tf
 
@@ -111,8 +114,9 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantiz
     if (calibration is not None) != (quantize == "int8"):
         raise ValueError("int8 quantization needs calibration clips" if quantize == "int8" else
                          f"calibration clips are only used by quantize='int8', not {quantize!r}")
-    if float_ops is not None and quantize != "int8":
-        raise ValueError(f"float_ops is only used by quantize='int8', not {quantize!r}")
+    for name, value in (("float_ops", float_ops), ("float_nodes", float_nodes)):
+        if value is not None and quantize != "int8":
+            raise ValueError(f"{name} is only used by quantize='int8', not {quantize!r}")
     converter = _converter(model, frames, height, width, batch_size)
     if quantize is None:
         return converter.convert()
@@ -125,13 +129,32 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantiz
     dataset = _representative_dataset(calibration, (batch_size, frames, height, width, 3))
     converter.representative_dataset = dataset
     float_ops = list(INT8_FLOAT_OPS if float_ops is None else float_ops)
+    float_nodes = list(INT8_FLOAT_NODES if float_nodes is None else float_nodes)
     # The quantization debugger's converter path: calibrate once, then quantize every op but
     # the denylisted ones (the plain converter cannot keep chosen ops in float).
+    options = tf.lite.experimental.QuantizationDebugOptions
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=dataset,
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_ops=float_ops or None))
+        debug_options=options(denylisted_ops=float_ops or None))
+    if float_nodes:
+        nodes = _matching_tensors(debugger.calibrated_model, float_nodes)
+        debugger.options = options(denylisted_ops=float_ops or None, denylisted_nodes=nodes)
     return debugger.get_nondebug_quantized_model()
+
+
+def _matching_tensors(blob, patterns):
+    """Names of the tensors of a .tflite model matching any of the regular expressions."""
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = [t["name"] for t in Interpreter(model_content=blob).get_tensor_details()]
+    found = [n for n in names if any(re.search(p, n) for p in patterns)]
+    missing = [p for p in patterns if not any(re.search(p, n) for n in names)]
+    if missing:
+        raise ValueError(f"float_nodes {missing} match no tensor of the model (names look like "
+                         f"{names[len(names) // 2]!r})")
+    return found
 
 
 def save_tflite(model, path, **options):
