@@ -135,11 +135,13 @@ def test_quantize_modes_convert_and_run(shards):
     # fp16 weights: computed in float32 from weights rounded to 11 significant bits.
     assert np.abs(got["fp16"] - want).max() <= 1e-2 * scale
     assert np.array_equal(got["fp16"].argmax(1), want.argmax(1))
-    for mode, bound in (("dynamic", 0.1), ("int8", 0.25)):
-        agreement, clear, rmse = _margin_agreement(want, got[mode])
-        print(mode, rmse / scale, clear, agreement)
-        assert rmse <= bound * scale, (mode, rmse / scale)
-        assert clear >= 12 and agreement == 1.0, (mode, clear, agreement)
+    # Dynamic range (measured 0.014 x the logits' std): every clip whose float top-1 is not a
+    # near tie keeps it. Full int8 of an untrained net (measured 0.17): bounded error only; its
+    # top-1 agreement is tested on a trained model (test_int8_keeps_a_trained_models_answers).
+    agreement, clear, rmse = _margin_agreement(want, got["dynamic"])
+    assert rmse <= 0.05 * scale and clear >= 12 and agreement == 1.0, (rmse / scale, clear)
+    rmse = float(np.sqrt(np.mean((got["int8"] - want) ** 2)))
+    assert rmse <= 0.3 * scale, rmse / scale
     bad = [np.zeros((4, 40, 40, 3), np.float32)]
     with pytest.raises(ValueError, match=r"calibration clip of shape \(4, 40, 40, 3\) does not "
                                          r"fit the model's input \(4, 32, 32, 3\)"):
@@ -168,6 +170,40 @@ def test_quantize_errors(shards, tmp_path, capsys):
             lite.main(base + extra)
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.slow
+def test_int8_keeps_a_trained_models_answers(tmp_path):
+    # The demo (configs/demo.json, 4 epochs): a model whose answers mean something. int8
+    # calibrated on the training shards' eval views must keep the float top-1 of >= 97% of the
+    # eval views and lose <= 2 points of video top-1 (96 videos).
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data, out = tmp_path / "demo_data", tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, os.path.join(root, "train.py"), "--config",
+         os.path.join(root, "configs", "demo.json"), "--set", f"data.train_files={data}/train-*",
+         "--set", f"data.eval_files={data}/eval-*", "--set", f"train.output_dir={out}",
+         "--set", "train.epochs=4"], capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trained = json.loads(res.stdout.strip().splitlines()[-1])
+    from vov3d_tf.serving import load_trained_model
+    model = load_trained_model(out / "best.keras")
+    clips = dict(frames=16, size=40, num_clips=1)
+    calibration = lite.EvalClips(str(data / "train-*"), max_clips=64, **clips)
+    blobs = {m: lite.to_tflite(model, frames=16, height=40, quantize=m,
+                               calibration=calibration if m == "int8" else None)
+             for m in ("dynamic", "int8")}
+    result = lite.compare(model, blobs, lite.EvalClips(str(data / "eval-*"), **clips))
+    print(json.dumps(result))
+    assert result["reference"]["videos"] == 96
+    assert result["reference"]["top1"] == pytest.approx(trained["top1"], abs=0.011)
+    for mode in ("dynamic", "int8"):
+        assert result[mode]["top1_agreement"] >= 0.97, result[mode]
+        assert result[mode]["top1_delta"] >= -0.02, result[mode]
 
 
 @pytest.mark.slow

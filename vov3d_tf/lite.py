@@ -20,6 +20,16 @@ VoV3D-M 16x224x224 inference peaks at ~195 MiB at batch 1 (see README for the me
 Outputs equal the Keras model's to float32 rounding (tested against the official logits).
 Fixed shapes: convert once per deployed clip shape and batch size; `--batch 0` keeps the batch
 dimension dynamic (resize it with `interpreter.resize_tensor_input`), which is slower.
+
+Quantized (`--quantize`; the file still takes float32 clips and returns float32 logits):
+  fp16     weights stored as float16 (half the file), computed in float32;
+  dynamic  int8 weights, activations quantized on the fly inside each op;
+  int8     int8 weights and activations, their ranges calibrated on the eval views of your own
+           shards (`--calibration-shards GLOB --calibration-clips N`, the training pipeline's
+           eval preprocessing at --frames / --size).
+`--eval-shards GLOB` then reports top-1/top-5 of the float and the quantized model on the eval
+views of those shards and how often their top-1 agrees (`compare`). What each costs, and why no
+op is kept in float32 by default: docs/lite.md.
 """
 import argparse
 import os
@@ -364,6 +374,10 @@ def main(argv=None):
     p.add_argument("--float-ops", type=_ops, default=None, metavar="OPS",
                    help="int8: comma-separated TFLite ops kept in float32, e.g. MEAN,LOGISTIC "
                         "(default: none; see docs/lite.md)")
+    p.add_argument("--float-nodes", type=lambda v: [x for x in v.split(",") if x], default=None,
+                   metavar="REGEXES", help="int8: ops whose output tensor name matches one of "
+                   "these comma-separated regular expressions stay in float32, e.g. _se_ "
+                   "(squeeze-excite), head_ (default: none)")
     p.add_argument("--eval-shards", metavar="GLOB",
                    help="labeled shards: report top-1/top-5 of the float and the converted "
                         "model on their eval views and the agreement of their top-1")
@@ -382,8 +396,9 @@ def main(argv=None):
                 "views set the int8 activation ranges)")
     if args.calibration_shards and args.quantize != "int8":
         p.error("--calibration-shards is only used with --quantize int8")
-    if args.float_ops is not None and args.quantize != "int8":
-        p.error("--float-ops is only used with --quantize int8")
+    for flag, value in (("--float-ops", args.float_ops), ("--float-nodes", args.float_nodes)):
+        if value is not None and args.quantize != "int8":
+            p.error(f"{flag} is only used with --quantize int8")
     if args.calibration_clips < 1:
         p.error(f"--calibration-clips must be >= 1, got {args.calibration_clips}")
     if args.eval_shards and args.batch == 0:
@@ -401,7 +416,8 @@ def main(argv=None):
         eval_clips = EvalClips(args.eval_shards, **views) if args.eval_shards else None
         blob = to_tflite(model, frames=args.frames, height=args.size,
                          batch_size=args.batch or None, quantize=args.quantize,
-                         calibration=calibration, float_ops=args.float_ops)
+                         calibration=calibration, float_ops=args.float_ops,
+                         float_nodes=args.float_nodes)
         path = _write(blob, args.output)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
