@@ -2,6 +2,8 @@
 
     python -m vov3d_tf.bench                                  # every model, 224 and 160, b1/b8/train b8
     python -m vov3d_tf.bench --models vov3d_m --sizes 224 --peer ../shared/bench/torch_peer.py
+    python -m vov3d_tf.bench --models vov3d_m --sizes 224 --batches 1 --train-batch 0 \
+        --runtimes litert,litert-int8 --peer ../shared/bench/torch_peer.py --openvino
 
 Prints one JSON line per case: clips/s from the median (and the fastest) of `--runs` timed calls
 after `--warmup` untimed ones, the peak RSS of the process that ran it, the RSS of a process
@@ -10,7 +12,11 @@ fresh process. Inference runs the documented inference paths (`--runtimes`):
   tf      `fold_batchnorm(model)` called inside a `tf.function` (what evaluation, predict and the
           exported SavedModel run);
   litert  the same folded model converted by `vov3d_tf.lite` for the case's fixed input shape,
-          run by the LiteRT interpreter (XNNPACK) in a process that never imports TensorFlow.
+          run by the LiteRT interpreter (XNNPACK) in a process that never imports TensorFlow;
+  litert-fp16, litert-dynamic, litert-int8  the same, converted with `--quantize fp16 / dynamic
+          / int8` (int8 calibrated on --calibration-shards, else on random clips).
+`--eval-shards` adds an accuracy line (`vov3d_tf.lite.compare` against float32 LiteRT);
+`--openvino` (with --peer) also times the PyTorch twin in OpenVINO, default precision and f32.
 A training step (TensorFlow) is forward + backward + SGD (Nesterov, weight decay) update of the
 trainable model. With `--peer`, each case also runs the PyTorch twin right after ours, and a
 `"ratio"` line gives ours / peer for clips/s and peak RSS. Benchmark on a quiet machine.
