@@ -44,9 +44,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from vov3d_tf import runtime
+    runtime.configure()  # TF process settings, before the first tensor
     from vov3d_tf import serving
     from vov3d_tf.config import config_to_dict, load_config
-    from vov3d_tf.training import class_names
+    from vov3d_tf.adapters import class_names
 
     try:
         cfg = load_config(args.config, overrides=args.overrides)

@@ -33,8 +33,10 @@ def main(argv=None):
         parser.error("--weights needs --eval-only")
 
     # Imports after argument parsing: `--help` and usage errors stay instant.
-    from vov3d_tf.config import load_config
+    from vov3d_tf import runtime
+    runtime.configure()  # TF process settings, before the first tensor
     from vov3d_tf import training
+    from vov3d_tf.config import load_config
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -3,9 +3,12 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Import the package before any test module imports TensorFlow, so the suite runs with the
-# settings a user gets (vov3d_tf sets TensorFlow's allocator and oneDNN flags on import).
-import vov3d_tf  # noqa: E402,F401
+# The suite runs with the settings a user of the commands gets: `runtime.configure()` before
+# any test module creates a TensorFlow tensor (importing vov3d_tf itself changes nothing).
+import vov3d_tf  # noqa: E402
+
+vov3d_tf.runtime.configure()
+
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -46,6 +46,7 @@ def test_defaults_are_the_paper_ssv2_recipe():
     ({"data": {"crop_size": 300}}, "data.train_short_side", "smaller than data.crop_size"),
     ({"data": {"train_files": ""}}, "data.train_files", "non-empty string"),
     ({"eval": {"num_crops": 4}}, "eval.num_crops", "<= 3"),
+    ({"eval": {"num_crops": 2}}, "eval.num_crops", "expected one of 1, 3, got 2"),
     ({"search": {"tuner": "grid"}}, "search.tuner", "'random'"),
     ({"search": {"space": {"blocks": [[1, 1, 1]]}}}, "search.space.blocks[0]", "4 values"),
     ({"search": {"space": {"colour": [1]}}}, "search.space", "unknown key(s) 'colour'"),

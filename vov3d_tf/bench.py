@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from vov3d_tf import runtime
+
 CASE_FLAG = "--run-case"
 # Inference runtimes: TensorFlow, and the LiteRT conversions (vov3d_tf.lite) by quantization.
 LITERT_QUANTIZE = {"litert": None, "litert-fp16": "fp16", "litert-dynamic": "dynamic",
@@ -356,6 +358,7 @@ def main(argv=None):
                         "and f32); needs `pip install openvino`")
     p.add_argument(CASE_FLAG, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     if args.run_case:
         print(json.dumps(run_case(json.loads(args.run_case))))
         return 0

@@ -11,7 +11,7 @@ Override values are parsed as JSON (`3`, `[1,1,1,1]`, `null`, `true`); anything 
 JSON is taken as a string (`model.name=vov3d_l`). Relative paths in the config are relative
 to the working directory (run the commands from the repository root).
 
-The config stops at adapters (`vov3d_tf.training.model_from_config`, the dataset builders):
+The config stops at one adapter module (`vov3d_tf.adapters`: model, data and view arguments):
 layers and models never see it.
 """
 import dataclasses
@@ -21,11 +21,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from vov3d_tf import models
+from vov3d_tf.adapters import eval_crop_size
+from vov3d_tf.data import preprocess
+from vov3d_tf.data.pipeline import ON_CORRUPT
+
 __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "SearchConfig",
            "SearchSpaceConfig", "load_config", "config_from_dict", "config_to_dict",
            "save_config", "parse_override"]
 
 
+# Field metadata: "range" (numeric bounds), "choices" (a closed set of numbers; strings use
+# Literal), "length" (list length). Checked by `_convert` when the config loads.
 def _range(lo=None, hi=None, *, lo_open=False, hi_open=False):
     """Field metadata: allowed numeric range (closed unless `*_open`)."""
     return {"range": (lo, hi, lo_open, hi_open)}
@@ -42,7 +49,7 @@ def _positive():
 @dataclass(frozen=True)
 class ModelConfig:
     """`vov3d_tf.create_model(name, num_classes, **overrides)`; null = the variant's default."""
-    name: Literal["vov3d_m", "vov3d_l", "x3d_m", "x3d_l"] = "vov3d_m"
+    name: Literal[models.MODEL_NAMES] = "vov3d_m"
     num_classes: int = field(default=174, metadata=_positive())
     base_width: Optional[int] = field(default=None, metadata=_positive())
     num_conv: Optional[int] = field(default=None, metadata=_positive())  # VoV3D only
@@ -62,7 +69,7 @@ class DataConfig:
     labels_file: Optional[str] = None  # one class per line; null = the manifest's label list
     num_frames: int = field(default=16, metadata=_positive())
     crop_size: int = field(default=224, metadata=_positive())
-    sampling: Literal["segment", "dense"] = "segment"  # Something-Something / Kinetics
+    sampling: Literal[preprocess.SAMPLING_MODES] = "segment"  # Something-Something / Kinetics
     sampling_rate: int = field(default=1, metadata=_positive())  # frame stride (dense only)
     train_short_side: tuple[int, ...] = field(default=(256, 320),
                                               metadata={"length": 2, **_positive()})
@@ -70,7 +77,7 @@ class DataConfig:
     random_flip: bool = False  # off for Something-Something: left/right is in the labels
     test_short_side: int = field(default=256, metadata=_positive())
     test_crop_size: Optional[int] = field(default=None, metadata=_positive())  # null = short side
-    on_corrupt: Literal["skip", "fail"] = "skip"
+    on_corrupt: Literal[ON_CORRUPT] = "skip"
     shuffle_frames: bool = False  # control experiment: destroy frame order in train and eval
     # Demo only: keyword arguments of vov3d_tf.data.synthetic.write_synthetic_dataset; the
     # shards are written when `train_files` matches nothing (null = never generate data).
@@ -104,7 +111,7 @@ class EvalConfig:
     """The paper's multi-view test: clips x crops views, softmax summed per video."""
     batch_size: int = field(default=8, metadata=_positive())  # videos per batch
     num_clips: int = field(default=2, metadata=_positive())
-    num_crops: int = field(default=3, metadata=_range(1, 3))
+    num_crops: int = field(default=3, metadata={**_range(1, 3), "choices": preprocess.NUM_CROPS})
     every_epochs: int = field(default=0, metadata=_range(0))  # 0 = only after training
 
 
@@ -216,6 +223,9 @@ def _convert(value, tp, meta, where):
             bounds = [f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []
             bounds += [f"{'<' if hi_open else '<='} {hi}"] if hi is not None else []
             raise ValueError(f"{where}: {value!r} is out of range, expected {' and '.join(bounds)}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ValueError(f"{where}: expected one of {', '.join(map(repr, meta['choices']))}, "
+                         f"got {value!r}")
     return value
 
 
@@ -241,17 +251,18 @@ def _check_consistency(cfg, source):
         return ValueError(f"{source}: {key}: {msg}")
 
     m = cfg.model
-    if m.name.startswith("x3d") and m.num_conv is not None:
+    family = models.model_family(m.name)
+    if m.num_conv is not None and not models.has_num_conv(family):
         raise err("model.num_conv", f"applies to VoV3D only, not {m.name!r}; use null")
-    if m.name.startswith("vov3d") and m.base_width is not None and m.base_width % 2:
-        raise err("model.base_width", f"VoV3D needs an even base width, got {m.base_width}")
+    if m.base_width is not None and models.base_width_error(family, m.base_width):
+        raise err("model.base_width", models.base_width_error(family, m.base_width))
     lo, hi = cfg.data.train_short_side
     if lo > hi:
         raise err("data.train_short_side", f"expected [min, max] with min <= max, got [{lo}, {hi}]")
     if lo < cfg.data.crop_size:
         raise err("data.train_short_side", f"min {lo} is smaller than data.crop_size "
                                            f"{cfg.data.crop_size}")
-    test_crop = cfg.data.test_crop_size or cfg.data.test_short_side
+    test_crop = eval_crop_size(cfg.data)
     if test_crop > cfg.data.test_short_side:
         raise err("data.test_crop_size", f"{test_crop} exceeds data.test_short_side "
                                          f"{cfg.data.test_short_side}")

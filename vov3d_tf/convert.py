@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from vov3d_tf import layers as L
+from vov3d_tf import runtime
 
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")  # Keras order: gamma, beta, mean, var
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -212,6 +213,7 @@ def main(argv=None):
     p.add_argument("--num-classes", type=int, required=True)
     p.add_argument("--output", required=True, help="where to write the .keras model")
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     try:
         model = convert(args.src, args.model, args.num_classes, args.output)
     except (ValueError, FileNotFoundError, ImportError) as e:

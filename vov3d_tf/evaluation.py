@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vov3d_tf import _compat
+
 __all__ = ["evaluate", "multi_view_scores", "topk_accuracy", "precise_bn", "write_per_class_csv",
            "plot_confusion_matrix"]
 
@@ -156,7 +158,7 @@ def plot_confusion_matrix(path, confusion, class_names):
 
 
 def _batchnorm_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False)
+    return [layer for layer in _compat.flatten_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 

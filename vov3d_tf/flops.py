@@ -14,6 +14,7 @@ import sys
 import keras
 
 from vov3d_tf import layers as L
+from vov3d_tf import runtime
 
 
 def _elements(shape):
@@ -79,6 +80,7 @@ def main(argv=None):
     p.add_argument("--blocks", type=lambda s: tuple(int(v) for v in s.split(",")),
                    help="blocks per stage, e.g. 1,2,3,2")
     a = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     overrides = {k: v for k, v in (("base_width", a.base_width), ("num_conv", a.num_conv),
                                    ("blocks", a.blocks)) if v is not None}
     try:

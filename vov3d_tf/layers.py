@@ -449,11 +449,16 @@ def apply_conv_bn(x, conv_cls, name, *, fold_bn, activation=None, zero_gamma=Fal
     return keras.layers.Activation(activation, name=name + "_act")(x) if activation else x
 
 
+def round_width(width, multiplier, divisor=8):
+    """X3D's width rounding: to a multiple of 8, at least 8, never below 90% of the target."""
+    v = width * multiplier
+    r = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return r + divisor if r < 0.9 * v else r
+
+
 def se_width(channels, ratio=0.0625, divisor=8):
-    """SE bottleneck width: round_width(C * 1/16) with divisor 8, minimum 8 (ARCHITECTURE.md §5)."""
-    v = channels * ratio
-    w = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return w + divisor if w < 0.9 * v else w
+    """SE bottleneck width: round_width(C * 1/16) (ARCHITECTURE.md §5)."""
+    return round_width(channels, ratio, divisor)
 
 
 def apply_squeeze_excite(x, name):

@@ -35,6 +35,8 @@ import argparse
 import os
 import sys
 
+from vov3d_tf import runtime
+
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 # TFLite ops that int8 conversion keeps in float32 unless `float_ops` says otherwise: none.
 # Measured (docs/lite.md): on VoV3D the error of full int8 enters at the convs and spreads, not
@@ -391,6 +393,7 @@ def main(argv=None):
     p.add_argument("--num-crops", type=int, default=3, help="eval crops per clip")
     p.add_argument("--threads", type=int, default=0, help="LiteRT threads (0: all cores)")
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     if args.quantize == "int8" and not args.calibration_shards:
         p.error("--quantize int8 needs --calibration-shards GLOB (your own shards: their eval "
                 "views set the int8 activation ranges)")

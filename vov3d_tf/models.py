@@ -28,11 +28,28 @@ VARIANTS = {
 MODEL_NAMES = tuple(VARIANTS)
 
 
-def round_width(width, multiplier, divisor=8):
-    """X3D's width rounding: to a multiple of 8, at least 8, never below 90% of the target."""
-    v = width * multiplier
-    r = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return r + divisor if r < 0.9 * v else r
+round_width = L.round_width  # X3D's width rounding (defined beside SE, which uses it too)
+
+
+# The rules of the families, asked by create_model, the config loader and the search space.
+def model_family(name):
+    """"vov3d" or "x3d" for a model name; ValueError listing the names otherwise."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+    return VARIANTS[name]["family"]
+
+
+def has_num_conv(family):
+    """Only VoV3D has a D(2+1)D-units-per-T-OSA count (`num_conv`)."""
+    return family == "vov3d"
+
+
+def base_width_error(family, base_width):
+    """Why `base_width` is not allowed for `family` ('' when it is): VoV3D's T-OSA units
+    project to base_width / 2 channels, so its base width must be even."""
+    if family == "vov3d" and base_width % 2:
+        return f"VoV3D needs even base widths (its units project to width/2), got {base_width}"
+    return ""
 
 
 def vov3d_widths(base_width):
@@ -82,9 +99,8 @@ class VideoClassifier(keras.Model):
         _check_positive_ints("num_conv", num_conv)
         if not 0.0 <= float(dropout_rate) < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
-        if family == "vov3d" and base_width % 2:
-            raise ValueError(f"VoV3D base_width must be even (units project to width/2), "
-                             f"got {base_width}")
+        if base_width_error(family, base_width):
+            raise ValueError(base_width_error(family, base_width))
         if head_pool_size is not None:
             _check_positive_ints("head_pool_size", list(head_pool_size)
                                  if isinstance(head_pool_size, (list, tuple)) else head_pool_size,
@@ -153,14 +169,13 @@ def create_model(name, num_classes, **overrides):
     (None: global pooling; (t, h, w): the reference head's fixed window, e.g. (16, 7, 7) for
     16x224 training clips, which reproduces its multi-position output at larger test crops).
     """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+    family = model_family(name)
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise ValueError(f"unknown override(s) {unknown} for {name!r}; allowed: "
                          f"{', '.join(OVERRIDES)}")
     spec = dict(VARIANTS[name])
-    if spec["family"] == "x3d" and "num_conv" in overrides:
+    if "num_conv" in overrides and not has_num_conv(family):
         raise ValueError(f"num_conv applies to VoV3D only, not {name!r}")
     spec.update(overrides)
     spec.setdefault("name", name)

@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from vov3d_tf import runtime
+
 __all__ = ["video_views", "predict_video", "main"]
 
 
@@ -21,6 +23,7 @@ def video_views(path, cfg, *, fps=None, short_side=256):
     """Test views float32 (V, T, c, c, 3) of the video at `path`, as the eval pipeline makes
     them from a shard built with `--short-side short_side --fps fps`."""
     import tensorflow as tf
+    from vov3d_tf.adapters import eval_view_kwargs
     from vov3d_tf.data import preprocess
     from vov3d_tf.data.video_io import VideoError, read_video
 
@@ -28,12 +31,7 @@ def video_views(path, cfg, *, fps=None, short_side=256):
         jpegs = read_video(path, short_side=short_side, fps=fps)
     except VideoError as e:
         raise ValueError(f"{path}: {e}") from None
-    d = cfg.data
-    return preprocess.eval_views(
-        tf.constant(jpegs), num_frames=d.num_frames,
-        crop_size=d.test_crop_size or d.test_short_side, sampling=d.sampling,
-        sampling_rate=d.sampling_rate, short_side=d.test_short_side,
-        num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops)
+    return preprocess.eval_views(tf.constant(jpegs), **eval_view_kwargs(cfg))
 
 
 def predict_video(model, path, cfg, *, fps=None, short_side=256):
@@ -60,11 +58,13 @@ def main(argv=None):
                         help="stored short side of the shards (build_shards --short-side)")
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
 
     import keras
     from vov3d_tf import VideoClassifier, fold_batchnorm
     from vov3d_tf.config import apply_overrides, config_from_dict, load_config
-    from vov3d_tf.training import class_names
+    from vov3d_tf.adapters import class_names
+    from vov3d_tf.data.labels import read_labels
 
     try:
         cfg = (load_config(args.config, args.overrides) if args.config else
@@ -78,11 +78,7 @@ def main(argv=None):
         if isinstance(model, VideoClassifier):
             model = fold_batchnorm(model)  # the fast inference form, same outputs
         probs = predict_video(model, args.video, cfg, fps=args.fps, short_side=args.short_side)
-        if args.labels:
-            with open(args.labels, encoding="utf-8") as f:
-                names = [line.rstrip("\n") for line in f if line.strip()]
-        else:
-            names = class_names(cfg)
+        names = read_labels(args.labels) if args.labels else class_names(cfg)
         if names is not None and len(names) != len(probs):
             raise ValueError(f"{len(names)} labels for a model with {len(probs)} classes")
     except (ValueError, FileNotFoundError) as e:

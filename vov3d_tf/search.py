@@ -39,8 +39,8 @@ import sys
 import traceback
 
 import keras_tuner as kt
-from keras_tuner.src.distribute import utils as dist_utils
 
+from vov3d_tf import _compat, runtime
 from vov3d_tf import tuner as search_space
 from vov3d_tf.config import config_to_dict, load_config, save_config
 
@@ -85,7 +85,7 @@ def over_budget(cost, max_gflops, max_params):
     return "; ".join(why)
 
 
-class _BudgetMixin:
+class _BudgetMixin(_compat.RandomProposalFilter):
     """Oracle mixin: over-budget candidates are rejected inside `populate_space`.
 
     keras-tuner creates a trial only from what `populate_space` returns, so a rejected
@@ -126,7 +126,7 @@ class _BudgetMixin:
         entry = self.rejected.setdefault(
             key, {"values": search_space.arch_values(values), "reason": reason, "proposals": 0})
         entry["proposals"] += 1
-        self._tried_so_far.add(self._compute_values_hash(values))
+        _compat.mark_tried(self, values)
         if entry["proposals"] == 1:
             _log(f"rejected before training: {entry['values']} ({reason})")
 
@@ -139,15 +139,15 @@ class _BudgetMixin:
         names = [hp.name for hp in self.hyperparameters.space]
         choices = [list(hp.values) for hp in self.hyperparameters.space]
         untried = [dict(zip(names, combo)) for combo in itertools.product(*choices)]
-        untried = [v for v in untried if not self._duplicate(v)]
+        untried = [v for v in untried if not _compat.is_tried(self, v)]
         if not untried:
             return None
-        self._seed_state += 1
-        return random.Random(self._seed_state).choice(untried)
+        return random.Random(_compat.next_seed(self)).choice(untried)
 
-    def _random_values(self):
+    def filter_random_proposal(self, propose):
+        """The first affordable random proposal (rejecting the others), None when none is."""
         for _ in range(MAX_REJECTIONS_PER_PROPOSAL):
-            values = super()._random_values() or self._untried_values()
+            values = propose() or self._untried_values()
             if values is None:  # every candidate was tried or rejected
                 return None
             reason = self._rejection(values)
@@ -166,7 +166,7 @@ class _BudgetMixin:
             return response
         # Only a model-based proposal (Bayesian) gets here; random ones are filtered above.
         self._reject(values, reason)
-        values = self._random_values()
+        values = self.random_proposal()
         if values is None:
             return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
         return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": values}
@@ -510,15 +510,15 @@ def run_search(cfg, *, source="config", overwrite=False, train_fn=None, cost_fn=
     check_search_config(cfg, source)
     directory = cfg.train.output_dir
     project_dir = os.path.join(directory, PROJECT_NAME)
-    distributed = dist_utils.has_chief_oracle()
-    chief = not distributed or dist_utils.is_chief_oracle()
+    distributed = _compat.has_chief_oracle()
+    chief = not distributed or _compat.is_chief_oracle()
     worker = distributed and not chief
     if overwrite and chief and os.path.isdir(project_dir):
         shutil.rmtree(project_dir)
     if train_fn is None and chief:  # data first (the chief writes demo shards before any worker
-        from vov3d_tf import training  # can get a trial: it serves trials only after this)
-        training._ensure_synthetic(cfg, source)
-        training.check_data(cfg, source)
+        from vov3d_tf.data import datasets  # can get a trial: it serves trials after this)
+        datasets.ensure_synthetic(cfg, source)
+        datasets.check_data(cfg, source)
     if train_fn is None:
         check_eval_is_not_train(cfg, source)
     _check_resume(cfg, project_dir, source)
@@ -563,6 +563,7 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="delete <train.output_dir>/search and start over (default: resume)")
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     try:
         cfg = load_config(args.config, args.set)
         source = args.config + (f" (with --set {' '.join(args.set)})" if args.set else "")

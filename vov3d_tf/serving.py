@@ -73,7 +73,7 @@ class ServingSpec:
         if self.sampling not in preprocess.SAMPLING_MODES:
             raise ValueError(f"ServingSpec.sampling must be one of {preprocess.SAMPLING_MODES}, "
                              f"got {self.sampling!r}")
-        if self.num_crops not in (1, 3):
+        if self.num_crops not in preprocess.NUM_CROPS:
             raise ValueError(f"ServingSpec.num_crops must be 1 or 3, got {self.num_crops!r}")
         preprocess.check_crop_size(self.short_side, self.crop_size, "ServingSpec")
 
@@ -95,15 +95,9 @@ def spec_from_config(cfg, *, multi_view=False, top_k=5):
     Single view = one clip, centre crop (segment centres / the first dense window); multi-view =
     `eval.num_clips x eval.num_crops`, as `evaluate` measures.
     """
-    d = cfg.data
-    if multi_view and cfg.eval.num_crops not in (1, 3):
-        raise ValueError(f"eval.num_crops: the test protocol takes 1 (centre) or 3 crops, got "
-                         f"{cfg.eval.num_crops}")
-    return ServingSpec(num_frames=d.num_frames, crop_size=d.test_crop_size or d.test_short_side,
-                       short_side=d.test_short_side, sampling=d.sampling,
-                       sampling_rate=d.sampling_rate,
-                       num_clips=cfg.eval.num_clips if multi_view else 1,
-                       num_crops=cfg.eval.num_crops if multi_view else 1, top_k=top_k)
+    from vov3d_tf.adapters import eval_view_kwargs
+
+    return ServingSpec(**eval_view_kwargs(cfg, multi_view=multi_view), top_k=top_k)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,9 +358,9 @@ def check_labels(labels, num_classes, source="labels"):
 
 
 def read_labels(path):
-    """One class per line; blank lines are ignored (as `training.class_names` does)."""
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f if line.strip()]
+    """Class names of a labels file (`vov3d_tf.data.labels.read_labels`, the one reader)."""
+    from vov3d_tf.data.labels import read_labels as read
+    return read(path)
 
 
 def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=True,
@@ -428,9 +422,8 @@ def load_trained_model(weights, model_cfg=None):
     """
     import keras
 
-    import vov3d_tf  # noqa: F401  (registers the custom layers for load_model)
-    from vov3d_tf.models import VideoClassifier
-    from vov3d_tf.training import model_from_config
+    from vov3d_tf.adapters import model_from_config
+    from vov3d_tf.models import VideoClassifier  # (imports the custom layers for load_model)
 
     weights = str(weights)
     if not os.path.exists(weights):

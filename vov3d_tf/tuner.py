@@ -14,6 +14,8 @@ never copies the model). The hyperparameter names are the config keys they set:
 
 Keys keras-tuner adds itself (Hyperband's `tuner/epochs`, ...) are ignored here.
 """
+from vov3d_tf import models
+from vov3d_tf.adapters import model_overrides as config_model_overrides
 from vov3d_tf.config import config_from_dict, config_to_dict
 
 MODEL_HPS = ("base_width", "num_conv", "blocks")
@@ -37,8 +39,9 @@ def decode_blocks(text):
     return blocks
 
 
-def is_vov3d(model_name):
-    return model_name.startswith("vov3d")
+def has_num_conv(model_name):
+    """Whether the model has a num_conv hyperparameter (VoV3D; `vov3d_tf.models` decides)."""
+    return models.has_num_conv(models.model_family(model_name))
 
 
 def check_space(cfg, source="config"):
@@ -57,10 +60,10 @@ def check_space(cfg, source="config"):
             raise err(key, f"needs at least one value{hint}")
         if len(set(values)) != len(values):
             raise err(key, f"has duplicate values: {list(values)!r}")
-    if is_vov3d(cfg.model.name):
-        odd = [w for w in space.base_width if w % 2]
-        if odd:
-            raise err("base_width", f"VoV3D needs even base widths, got {odd}")
+    family = models.model_family(cfg.model.name)
+    bad = [w for w in space.base_width if models.base_width_error(family, w)]
+    if bad:
+        raise err("base_width", f"{models.base_width_error(family, bad[0])} (all: {bad})")
     for i, blocks in enumerate(space.blocks):
         if len(blocks) != 4:
             raise err(f"blocks[{i}]", f"expected 4 blocks per stage, got {list(blocks)!r}")
@@ -79,7 +82,7 @@ def declare_space(hp, cfg):
     """Register the search space of `cfg.search.space` on a keras_tuner.HyperParameters."""
     space = cfg.search.space
     hp.Choice("base_width", list(space.base_width))
-    if is_vov3d(cfg.model.name):  # X3D has no D(2+1)D count: its choices are ignored
+    if has_num_conv(cfg.model.name):  # X3D has no D(2+1)D count: its choices are ignored
         hp.Choice("num_conv", list(space.num_conv))
     hp.Choice("blocks", [encode_blocks(b) for b in space.blocks])
     if space.num_frames:
@@ -134,10 +137,5 @@ def clip_shape(cfg):
 
 def cost_kwargs(cfg):
     """`vov3d_tf.flops.count_flops` keyword arguments for the model of `cfg`."""
-    m = cfg.model
-    kwargs = {"input_shape": clip_shape(cfg), "num_classes": m.num_classes}
-    for key in ("base_width", "num_conv", "blocks"):
-        value = getattr(m, key)
-        if value is not None:
-            kwargs[key] = tuple(value) if key == "blocks" else value
-    return kwargs
+    return {"input_shape": clip_shape(cfg), "num_classes": cfg.model.num_classes,
+            **config_model_overrides(cfg.model, architecture_only=True)}

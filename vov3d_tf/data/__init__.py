@@ -1,7 +1,8 @@
 """Video data: the TFRecord shard format, shard building, synthetic data and the tf.data pipeline.
 
     make_dataset(file_pattern, training=...)   tf.data pipeline (pipeline.py)
-    load_labels(shard_dir_or_labels_file)      class names, index order
+    load_labels(shard_dir_or_labels_file)      class names, index order (labels.py reads files)
+    datasets                                   an experiment config's shards -> make_datasets(cfg)
     write_synthetic_dataset(output_dir, ...)   the temporal-order demo dataset (synthetic.py)
     preprocess                                 pure TF sampling/resize/crop/normalize
     format                                     record keys, make/parse SequenceExample

@@ -49,20 +49,14 @@ class AnnotationError(ValueError):
 
 
 def read_labels_file(path):
-    """One class per line (blank lines ignored); duplicates are an error."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"labels file {path!r} not found")
-    with open(path, encoding="utf-8") as f:
-        labels = [line.strip() for line in f if line.strip()]
-    if not labels:
-        raise AnnotationError(f"labels file {path!r} is empty")
-    seen = set()
-    for i, label in enumerate(labels):
-        if label in seen:
-            raise AnnotationError(f"labels file {path!r}: class {label!r} appears twice "
-                                  f"(second time at line {i + 1})")
-        seen.add(label)
-    return labels
+    """`vov3d_tf.data.labels.read_labels`, its format errors as `AnnotationError`."""
+    from vov3d_tf.data.labels import read_labels
+    try:
+        return read_labels(path)
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        raise AnnotationError(str(e)) from None
 
 
 def _index(labels, rows, source):

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from vov3d_tf import runtime
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import pipeline, preprocess, shards
 
@@ -120,6 +121,7 @@ def main(argv=None):
     parser.add_argument("--num-crops", type=int, default=3)
     parser.add_argument("--skip-eval", action="store_true")
     args = parser.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     sampling_rate = args.sampling_rate or pipeline.DEFAULTS[args.sampling]["sampling_rate"]
     n_cores = cores()
     with tempfile.TemporaryDirectory() as tmp:

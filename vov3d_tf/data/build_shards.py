@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from vov3d_tf import runtime
 from vov3d_tf.data import annotations, shards, video_io
 from vov3d_tf.data import format as fmt
 
@@ -218,6 +219,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="decoding processes")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     if not 1 <= args.jpeg_quality <= 100:
         parser.error(f"--jpeg-quality must be in [1, 100], got {args.jpeg_quality}")
     if args.short_side < 0 or (args.fps is not None and args.fps <= 0):

@@ -4,11 +4,17 @@
     readers --(record shuffle)--> parallel parse + gather sampled frames + decode + augment
     --(corrupt records skipped & counted, or fail naming file/record)--> batch --> prefetch
 
+Named steps (as Model Garden's video_input.py splits decode / process / parse):
+`_shard_files` (this worker's files), `_read_records` (interleaved readers, shuffles),
+`parse_train_record` / `parse_eval_record` (one serialized record -> clip or views + label,
+through the pure functions of `preprocess`), `_parse_or_skip` (corrupt-record handling).
+
 Training elements: (clips float32 (B, T, crop, crop, 3), labels int32 (B,)).
 Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = num_clips * num_crops,
                    clip-major; sum the softmaxes of a video's V views.
 """
 import collections
+import functools
 import glob
 import os
 import sys
@@ -20,6 +26,7 @@ import tensorflow as tf
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 from vov3d_tf.data import shards
+from vov3d_tf.data.labels import read_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 ON_CORRUPT = ("skip", "fail")
@@ -61,14 +68,10 @@ def _report_skip(path, index, lost):
 
 def load_labels(path):
     """Class names (index order) from a shard directory's manifest, or from a labels file
-    (one class per line)."""
+    (one class per line, read by `vov3d_tf.data.labels.read_labels`)."""
     if os.path.isdir(path):
         return shards.load_labels(path)
-    with open(path, encoding="utf-8") as f:
-        labels = [line.rstrip("\n") for line in f if line.strip()]
-    if not labels:
-        raise ValueError(f"labels file {path!r} is empty")
-    return labels
+    return read_labels(path)
 
 
 def resolve_files(file_pattern, split=None):
@@ -212,69 +215,118 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         preprocess.check_crop_size(min(scale_range), crop_size, "make_dataset scale_range")
     else:
         preprocess.check_crop_size(test_short_side, test_crop_size, "make_dataset test_short_side")
-
-    files, compression = resolve_files(file_pattern, split)
     if input_context is not None:
         num_shards, shard_index = input_context.num_input_pipelines, input_context.input_pipeline_id
+    # One seed per random step (file order, record order, augmentation), all from `seed`.
+    seeds = [int(s) for s in np.random.SeedSequence(0 if seed is None else seed).generate_state(3)]
+    file_seed, record_seed, aug_seed = seeds if seed is not None else (None, None, None)
+
+    files, compression = _shard_files(file_pattern, split, num_shards, shard_index)
+    ds = _read_records(files, compression, on_corrupt=on_corrupt, shuffle=shuffle,
+                       shuffle_buffer=shuffle_buffer, file_seed=file_seed,
+                       record_seed=record_seed, repeat=repeat, deterministic=deterministic)
+    if training:
+        ds = _with_seeds(ds, aug_seed, rerandomize_each_iteration=True)
+        parse = functools.partial(
+            parse_train_record, num_frames=num_frames, crop_size=crop_size, sampling=sampling,
+            sampling_rate=sampling_rate, scale_range=scale_range,
+            inverse_uniform=inverse_uniform, random_flip=random_flip)
+        out_shape = [num_frames, crop_size, crop_size, 3]
+    else:
+        if random_test_segments:  # reference protocol: random frame per segment and view,
+            ds = _with_seeds(ds, seeds[2])  # reproducible (from `seed`, or 0)
+        else:
+            ds = ds.map(lambda p, i, s: (p, i, s, tf.zeros([2], tf.int64)))
+        parse = functools.partial(
+            parse_eval_record, num_frames=num_frames, crop_size=test_crop_size,
+            sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
+            num_clips=num_clips, num_crops=num_crops, random_segments=random_test_segments)
+        out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
+    ds = _parse_or_skip(ds, parse, out_shape, on_corrupt=on_corrupt,
+                        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_optimization.map_parallelization = True
+    ds = ds.with_options(options)
+    return ds.prefetch((AUTOTUNE if training else 1) if prefetch is None else prefetch)
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps of make_dataset: files -> records -> (seeded) parse, corrupt records handled
+# ----------------------------------------------------------------------------------------------
+
+def _shard_files(file_pattern, split, num_shards, shard_index):
+    """This input pipeline's [(path, expected records)] (file-level sharding) and compression."""
+    files, compression = resolve_files(file_pattern, split)
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
     if len(files) < num_shards:
         raise ValueError(f"{len(files)} shard files for {num_shards} input pipelines: file-level "
                          f"sharding needs at least one file per pipeline ({file_pattern!r})")
-    files = files[shard_index::num_shards]
+    return files[shard_index::num_shards], compression
 
-    seeds = np.random.SeedSequence(0 if seed is None else seed).generate_state(3)
+
+def _read_records(files, compression, *, on_corrupt, shuffle, shuffle_buffer, file_seed,
+                  record_seed, repeat, deterministic):
+    """(path, record index, serialized) of every record: files shuffled and repeated, read by a
+    parallel interleave of TFRecord readers, records shuffled."""
     ds = tf.data.Dataset.from_tensor_slices(
         ([p for p, _ in files], np.array([n for _, n in files], np.int64)))
     if shuffle:
-        ds = ds.shuffle(len(files), seed=None if seed is None else int(seeds[0]),
-                        reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    counts_known = all(n >= 0 for _, n in files)
     ds = ds.interleave(
         lambda p, n: _read_file(p, n, compression=compression, on_corrupt=on_corrupt,
-                                counts_known=all(n >= 0 for _, n in files)),
+                                counts_known=counts_known),
         cycle_length=min(len(files), 8), block_length=1, num_parallel_calls=AUTOTUNE,
         deterministic=deterministic)
     if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else int(seeds[1]),
-                        reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True)
+    return ds
 
-    if training:
-        aug = tf.data.Dataset.random(seed=None if seed is None else int(seeds[2]),
-                                     rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip((ds, aug)).map(lambda r, s: (*r, s))
-        out_shape = [num_frames, crop_size, crop_size, 3]
 
-        def process(path, index, serialized, aug_seed):
-            rec = fmt.parse_sequence_example(serialized)
-            clip = preprocess.train_clip(
-                rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
-                sampling_rate=sampling_rate, scale_range=scale_range,
-                inverse_uniform=inverse_uniform, flip=random_flip, seed=aug_seed)
-            return clip, _first_label(rec, path, index)
-    else:
-        if random_test_segments:  # reference protocol: random frame per segment and view
-            rand = tf.data.Dataset.random(seed=int(seeds[2])).batch(2)
-            ds = tf.data.Dataset.zip((ds, rand)).map(lambda r, s: (*r, s))
-        else:
-            ds = ds.map(lambda p, i, s: (p, i, s, tf.zeros([2], tf.int64)))
-        out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
+def _with_seeds(ds, seed, **random_kwargs):
+    """Append a random per-record seed pair (int64 (2,)) drawn from `seed`."""
+    seeds = tf.data.Dataset.random(seed=seed, **random_kwargs).batch(2)
+    return tf.data.Dataset.zip((ds, seeds)).map(lambda r, s: (*r, s))
 
-        def process(path, index, serialized, aug_seed):
-            rec = fmt.parse_sequence_example(serialized)
-            views = preprocess.eval_views(
-                rec["frames"], num_frames=num_frames, crop_size=test_crop_size,
-                sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
-                num_clips=num_clips, num_crops=num_crops,
-                segment_seed=aug_seed if random_test_segments else None)
-            return views, _first_label(rec, path, index)
 
-    def safe_process(path, index, serialized, aug_seed):
+def parse_train_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
+                       sampling_rate, scale_range, inverse_uniform, random_flip):
+    """One training record -> (clip float32 (T, c, c, 3), label int32): decode only the sampled
+    frames, random short-side scale, random crop, optional flip (`preprocess.train_clip`)."""
+    rec = fmt.parse_sequence_example(serialized)
+    clip = preprocess.train_clip(
+        rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
+        sampling_rate=sampling_rate, scale_range=scale_range, inverse_uniform=inverse_uniform,
+        flip=random_flip, seed=seed)
+    return clip, _first_label(rec, path, index)
+
+
+def parse_eval_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
+                      sampling_rate, short_side, num_clips, num_crops, random_segments=False):
+    """One eval record -> (views float32 (V, T, c, c, 3), label int32): the multi-view test
+    (`preprocess.eval_views`); `random_segments` draws each segment's frame from `seed`."""
+    rec = fmt.parse_sequence_example(serialized)
+    views = preprocess.eval_views(
+        rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
+        sampling_rate=sampling_rate, short_side=short_side, num_clips=num_clips,
+        num_crops=num_crops, segment_seed=seed if random_segments else None)
+    return views, _first_label(rec, path, index)
+
+
+def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, deterministic):
+    """`parse` every (path, index, serialized, seed) in parallel; a record that fails to parse or
+    decode is skipped and reported naming its file and index (skip) or raises naming them
+    (fail). Elements: (x with static `out_shape`, label)."""
+    def parse_one(path, index, serialized, seed):
         # Errors inside a one-element dataset become an ok=False element: no record can stop
         # the pipeline, and the bad one is reported with its file and index.
-        good = tf.data.Dataset.from_tensors((path, index, serialized, aug_seed)).map(
-            lambda *a: (*process(*a), tf.constant(True), a[0], a[1])).ignore_errors()
+        good = tf.data.Dataset.from_tensors((path, index, serialized, seed)).map(
+            lambda *a: (*parse(*a), tf.constant(True), a[0], a[1])).ignore_errors()
         bad = tf.data.Dataset.from_tensors((tf.zeros([0] * len(out_shape)), tf.constant(-1),
                                             tf.constant(False), path, index))
         return good.concatenate(bad).take(1)
@@ -291,16 +343,9 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
         with tf.control_dependencies([reported]):
             return tf.identity(ok)
 
-    ds = ds.interleave(safe_process, cycle_length=_parallelism(num_parallel_calls),
-                       block_length=1, num_parallel_calls=num_parallel_calls,
-                       deterministic=deterministic)
-    ds = ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape), y))
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    options.experimental_optimization.map_parallelization = True
-    ds = ds.with_options(options)
-    return ds.prefetch((AUTOTUNE if training else 1) if prefetch is None else prefetch)
+    ds = ds.interleave(parse_one, cycle_length=_parallelism(num_parallel_calls), block_length=1,
+                       num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    return ds.filter(keep).map(lambda x, y, ok, p, i: (tf.ensure_shape(x, out_shape), y))
 
 
 def _parallelism(num_parallel_calls):

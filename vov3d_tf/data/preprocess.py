@@ -25,6 +25,7 @@ TRAIN_SCALE_RANGE = (256, 320)
 TEST_SHORT_SIDE = 256
 CROP_SIZE = 224
 SAMPLING_MODES = ("segment", "dense")
+NUM_CROPS = (1, 3)  # test crops per clip: the centre, or left/centre/right (uniform_crop)
 
 
 def normalize(frames):
@@ -240,7 +241,7 @@ def spatial_crops(frames, crop_size, num_crops):
     num_crops 3: left/centre/right along the long side (top/centre/bottom for portrait video);
     num_crops 1: the centre crop.
     """
-    if num_crops not in (1, 3):
+    if num_crops not in NUM_CROPS:
         raise ValueError(f"num_crops must be 1 or 3, got {num_crops!r}")
     shape = tf.shape(frames)
     h, w = shape[1], shape[2]

@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from vov3d_tf import runtime
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import shards
 
@@ -170,6 +171,7 @@ def main(argv=None):
     parser.add_argument("--num-shards", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     manifest = write_synthetic_dataset(
         args.output_dir, num_train=args.num_train, num_eval=args.num_eval,
         num_frames=args.num_frames, size=args.size, num_classes=args.num_classes,

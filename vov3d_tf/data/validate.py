@@ -13,6 +13,7 @@ import os
 import re
 import sys
 
+from vov3d_tf import runtime
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import shards
 
@@ -127,6 +128,7 @@ def main(argv=None):
     parser.add_argument("directory")
     parser.add_argument("--full", action="store_true", help="decode every JPEG frame")
     args = parser.parse_args(argv)
+    runtime.configure()  # TF process settings, before the first tensor
     problems, summary = validate(args.directory, full=args.full)
     if problems:
         print(f"{args.directory}: {problems} problem(s)", file=sys.stderr)
