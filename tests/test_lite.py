@@ -1,4 +1,5 @@
-"""LiteRT (TensorFlow Lite) inference: conversion, parity with the official logits, shapes, errors."""
+"""LiteRT (TensorFlow Lite) inference: conversion, parity with the official logits, shapes, errors;
+quantization (fp16, dynamic range, int8 calibrated on eval views) and its accuracy report."""
 import numpy as np
 import pytest
 
