@@ -250,9 +250,9 @@ def cases(args):
     for model in args.models:
         for size in args.sizes:
             for batch in args.batches:
-                for runtime in args.runtimes:
+                for name in args.runtimes:
                     yield {"model": model, "mode": "infer", "batch": batch, "size": size,
-                           "runtime": runtime}
+                           "runtime": name}
             if args.train_batch:
                 yield {"model": model, "mode": "train", "batch": args.train_batch, "size": size,
                        "runtime": "tf"}
