@@ -16,7 +16,7 @@ the two is here, once:
 Nothing here imports TensorFlow at module level.
 """
 
-__all__ = ["ARCHITECTURE_KEYS", "model_overrides", "model_from_config", "test_crop_size",
+__all__ = ["ARCHITECTURE_KEYS", "model_overrides", "model_from_config", "eval_crop_size",
            "eval_view_kwargs", "train_dataset_kwargs", "eval_dataset_kwargs", "class_names",
            "lr_schedule_args"]
 
