@@ -160,30 +160,29 @@ def write_predictions_csv(path, filenames, labels, probabilities, class_names, t
     probabilities = np.asarray(probabilities)
     k = min(top_k, probabilities.shape[1])
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    tmp = path + ".partial"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "filename", "true_index", "true_label"]
-                   + [f"{c}_{r}" for r in range(1, k + 1) for c in ("label", "index", "score")])
-        for name, label, probs, top in zip(filenames, labels, probabilities, order):
-            video_id = os.path.splitext(os.path.basename(name))[0]
-            label = int(label)
-            w.writerow([video_id, name, label, class_names[label] if label >= 0 else ""]
-                       + [x for c in top for x in (class_names[c], int(c), f"{probs[c]:.6f}")])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["video_id", "filename", "true_index", "true_label"]
+               + [f"{c}_{r}" for r in range(1, k + 1) for c in ("label", "index", "score")])
+    for name, label, probs, top in zip(filenames, labels, probabilities, order):
+        video_id = os.path.splitext(os.path.basename(name))[0]
+        label = int(label)
+        w.writerow([video_id, name, label, class_names[label] if label >= 0 else ""]
+                   + [x for c in top for x in (class_names[c], int(c), f"{probs[c]:.6f}")])
+    fileio.atomic_write_text(path, text.getvalue())  # never a half-written file under the name
     return path
 
 
 def write_per_class_csv(path, confusion, class_names):
     """class_index, class_name, videos, correct, accuracy (empty when no videos)."""
     confusion = np.asarray(confusion)
-    f = io.StringIO(newline="")
-    w = csv.writer(f)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
     w.writerow(["class_index", "class_name", "videos", "correct", "accuracy"])
     for k, name in enumerate(class_names):
         n, c = int(confusion[k].sum()), int(confusion[k, k])
         w.writerow([k, name, n, c, f"{c / n:.6f}" if n else ""])
-    fileio.write_text(path, f.getvalue())
+    fileio.write_text(path, text.getvalue())
     return path
 
 

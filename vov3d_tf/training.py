@@ -410,7 +410,9 @@ def _prepare_output_dir(cfg, source, force, chief):
 def _check_optimizer_form(path, wanted, source):
     """Refuse to resume momentum slots written by the other optimizer form (they hold
     different quantities: raw gradient sums vs LR-scaled velocities)."""
-    reader = tf.train.load_checkpoint(path)
+    # The reader of the prefix itself: tf.train.load_checkpoint first asks whether `path` is a
+    # directory, which ram:// (prefix listing) answers yes for a checkpoint prefix.
+    reader = tf.compat.v1.train.NewCheckpointReader(path)
     if reader.has_tensor(OPTIMIZER_FORM_KEY):
         written = reader.get_tensor(OPTIMIZER_FORM_KEY)
         written = written.decode() if isinstance(written, bytes) else str(written)
