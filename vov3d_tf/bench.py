@@ -135,6 +135,19 @@ def accuracy_case(case, paths):
                         num_threads=case["threads"] or None)
 
 
+# The timing loop both framework-only children share (after they define `step()`): `b`, `med`,
+# `best` for their JSON line.
+_TIMING_LOOP = """
+for _ in range(case["warmup"]):
+    step()
+times = []
+for _ in range(case["runs"]):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+b, med, best = case["batch"], float(np.median(times)), float(np.min(times))
+"""
+
 # The LiteRT case runs from this source alone (no vov3d_tf import, hence no TensorFlow).
 _LITERT_CASE = """
 import json, sys, time
@@ -150,15 +163,7 @@ def step():
     interpreter.set_tensor(detail["index"], x)
     interpreter.invoke()
     return interpreter.get_tensor(out)
-for _ in range(case["warmup"]):
-    step()
-times = []
-for _ in range(case["runs"]):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-b, med, best = case["batch"], float(np.median(times)), float(np.min(times))
-print(json.dumps({"median_s": round(med, 4), "min_s": round(best, 4),
+""" + _TIMING_LOOP + """print(json.dumps({"median_s": round(med, 4), "min_s": round(best, 4),
                   "clips_per_s": round(b / med, 3), "best_clips_per_s": round(b / best, 3)}))
 """
 
@@ -193,15 +198,7 @@ x = np.random.default_rng(0).standard_normal(
     (case["batch"], 3, case["frames"], case["size"], case["size"]), dtype=np.float32)
 def step():
     return request.infer({0: x})
-for _ in range(case["warmup"]):
-    step()
-times = []
-for _ in range(case["runs"]):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-b, med, best = case["batch"], float(np.median(times)), float(np.min(times))
-print(json.dumps({"median_s": round(med, 4), "min_s": round(best, 4),
+""" + _TIMING_LOOP + """print(json.dumps({"median_s": round(med, 4), "min_s": round(best, 4),
                   "clips_per_s": round(b / med, 3), "best_clips_per_s": round(b / best, 3),
                   "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
                   "openvino": ov.__version__}))
