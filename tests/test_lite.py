@@ -149,6 +149,25 @@ def test_quantize_modes_convert_and_run(shards):
         lite.to_tflite(model, frames=4, height=32, quantize="int8", calibration=bad)
 
 
+def test_int8_model_is_integer_from_input_to_output():
+    # TFLite has no integer ADD_N: the T-OSA sums are converted as chains of ADDs, so the int8
+    # file quantizes once at the input and dequantizes once at the output, with no float island
+    # (an ADD_N per aggregation block cost a DEQUANTIZE per input and a float sum each).
+    from ai_edge_litert.interpreter import Interpreter
+    model = _tiny()
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((4, 32, 32, 3), dtype=np.float32) for _ in range(2)]
+    blob = lite.to_tflite(model, frames=4, height=32, quantize="int8", calibration=calibration)
+    ops = [d["op_name"] for d in Interpreter(model_content=blob)._get_ops_details()]
+    assert "ADD_N" not in ops and ops.count("QUANTIZE") == 1 and ops.count("DEQUANTIZE") == 1
+    assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
+    # TensorFlow keeps its one-pass AddN; the LiteRT form is only traced for conversion.
+    import tensorflow as tf
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec((1, 4, 32, 32, 3))).graph.as_graph_def()
+    assert sum(n.op == "AddN" for n in graph.node) == 4  # one T-OSA block per stage
+
+
 def test_quantize_errors(shards, tmp_path, capsys):
     model = _tiny()
     with pytest.raises(ValueError, match=r"quantize must be None or one of \('fp16', 'dynamic', "

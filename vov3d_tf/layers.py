@@ -10,13 +10,35 @@ with a BatchNormalization, the inference model (`vov3d_tf.inference.fold_batchno
 BN into the conv's kernel and bias, and the activation rides along so TF's grappler can fuse
 MatMul/Conv + BiasAdd + Relu into one kernel.
 """
+import contextlib
+import contextvars
+import functools
 import math
+import operator
 
 import keras
 import tensorflow as tf
 
 BN_EPSILON = 1e-5  # PyTorch default; the parity fixture has running variances below 1e-3
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1 in Keras' convention
+
+_PAIRWISE_SUMS = contextvars.ContextVar("vov3d_tf_pairwise_sums", default=False)
+
+
+@contextlib.contextmanager
+def pairwise_sums():
+    """While tracing inside this context, the T-OSA aggregation sums its per-input matmuls as a
+    chain of two-input adds instead of one AddN.
+
+    For LiteRT conversion (`vov3d_tf.lite`): TFLite has no integer ADD_N, so an int8 model would
+    run each aggregation in float32 between DEQUANTIZE ops, while an integer ADD exists (and
+    XNNPACK runs it). TensorFlow itself keeps AddN, one pass over memory instead of several.
+    """
+    token = _PAIRWISE_SUMS.set(True)
+    try:
+        yield
+    finally:
+        _PAIRWISE_SUMS.reset(token)
 
 
 def _activation(name):
@@ -136,7 +158,8 @@ class OneShotAggregation(_ConvBase):
 
     Computed as a sum of one matmul per input (kernel row blocks), which never materialises
     the concatenated tensor: TF's concat along a short channel axis is a slow strided copy.
-    Kernel `(sum Cin, Cout)`, identical to a PointwiseConv3D on the concatenation.
+    Kernel `(sum Cin, Cout)`, identical to a PointwiseConv3D on the concatenation. The sum is
+    one AddN, or a chain of adds when traced inside `pairwise_sums()` (LiteRT conversion).
     """
 
     def __init__(self, filters, **kwargs):
@@ -154,8 +177,9 @@ class OneShotAggregation(_ConvBase):
         n = _prod(d[:-1])
         kernel = tf.cast(self.kernel, inputs[0].dtype)
         parts = tf.split(kernel, self.splits, axis=0)
-        y = tf.add_n([tf.matmul(tf.reshape(x, [n, c]), k)
-                      for x, c, k in zip(inputs, self.splits, parts)])
+        terms = [tf.matmul(tf.reshape(x, [n, c]), k)
+                 for x, c, k in zip(inputs, self.splits, parts)]
+        y = functools.reduce(operator.add, terms) if _PAIRWISE_SUMS.get() else tf.add_n(terms)
         y = self._finish(y)
         return tf.reshape(y, d[:-1] + [self.filters])
 

@@ -129,7 +129,19 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantiz
     for name, value in (("float_ops", float_ops), ("float_nodes", float_nodes)):
         if value is not None and quantize != "int8":
             raise ValueError(f"{name} is only used by quantize='int8', not {quantize!r}")
+    from vov3d_tf import layers as L
+
     converter = _converter(model, frames, height, width, batch_size)
+    # The model is traced inside convert(), in the LiteRT form of the T-OSA sum (int8 ADDs, not
+    # a float32 ADD_N between dequantized inputs).
+    with L.pairwise_sums():
+        return _convert(converter, quantize, calibration, (batch_size, frames, height, width, 3),
+                        float_ops, float_nodes)
+
+
+def _convert(converter, quantize, calibration, shape, float_ops, float_nodes):
+    import tensorflow as tf
+
     if quantize is None:
         return converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -138,7 +150,7 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantiz
         return converter.convert()
     if quantize == "dynamic":
         return converter.convert()
-    dataset = _representative_dataset(calibration, (batch_size, frames, height, width, 3))
+    dataset = _representative_dataset(calibration, shape)
     converter.representative_dataset = dataset
     float_ops = list(INT8_FLOAT_OPS if float_ops is None else float_ops)
     float_nodes = list(INT8_FLOAT_NODES if float_nodes is None else float_nodes)
