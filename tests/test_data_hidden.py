@@ -97,6 +97,13 @@ def test_official_test_annotation_files_parse(tmp_path):
         items, labels = annotations.parse_csv(str(tmp_path / "test.csv"), labels=["a", "b"])
         assert labels == ["a", "b"] and [(i.name, i.label) for i in items] == [("x.mp4", -1),
                                                                               ("y.mp4", -1)]
+    (tmp_path / "k400").mkdir()  # Kinetics-400 test.csv without labels
+    (tmp_path / "k400.csv").write_text("youtube_id,time_start,time_end,split\nabc,2,12,test\n")
+    items, labels = annotations.parse_k400(str(tmp_path / "k400.csv"), str(tmp_path / "k400"),
+                                           labels=["a", "b"])
+    assert [(i.name, i.label, i.label_text) for i in items] == [("abc_000002_000012", -1, "")]
+    with pytest.raises(annotations.AnnotationError, match="labels are hidden"):
+        annotations.parse_k400(str(tmp_path / "k400.csv"), str(tmp_path / "k400"))
     (tmp_path / "test.csv").write_text("path,label\nx.mp4,a\ny.mp4,\n")
     with pytest.raises(annotations.AnnotationError, match=r"1 of 2 entries have no label \(line 3\)"):
         annotations.parse_csv(str(tmp_path / "test.csv"), labels=["a", "b"])

@@ -27,6 +27,7 @@ Official formats:
     (any sub-folder) by the ActivityNet crawler's name `{youtube_id}_{start:06d}_{end:06d}.mp4`
     (already cut to the clip: all frames kept) or else `{youtube_id}.{ext}` (a full video: only
     [time_start, time_end) is stored). Classes: `--labels` file, else the sorted class names.
+    A `test.csv` without a `label` column (or an empty one) has hidden labels (`--labels` needed).
 """
 import csv
 import dataclasses
@@ -233,12 +234,14 @@ def index_videos(videos_root):
 
 
 def parse_k400(csv_path, videos_root, *, labels=None):
-    """Kinetics-400 `train.csv` / `validate.csv` (see the module docstring)."""
+    """Kinetics-400 `train.csv` / `validate.csv` (see the module docstring); a `test.csv`
+    without labels (no or an empty `label` column) is a split with hidden labels (`labels`
+    required)."""
     with io.StringIO(fileio.read_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
-        need = {"label", "youtube_id", "time_start", "time_end"}
+        need = {"youtube_id", "time_start", "time_end"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise AnnotationError(f"{csv_path}: expected columns {sorted(need)}, got "
+            raise AnnotationError(f"{csv_path}: expected columns {sorted(need | {'label'})}, got "
                                   f"{reader.fieldnames}")
         rows = []
         for r in reader:
@@ -247,23 +250,29 @@ def parse_k400(csv_path, videos_root, *, labels=None):
             except ValueError:
                 raise AnnotationError(f"{csv_path}: line {reader.line_num}: bad time range "
                                       f"{r['time_start']!r}, {r['time_end']!r}") from None
-            rows.append((reader.line_num, r["label"].strip(), r["youtube_id"].strip(), start, end))
+            rows.append((reader.line_num, (r.get("label") or "").strip(), r["youtube_id"].strip(),
+                         start, end))
     if not rows:
         raise AnnotationError(f"{csv_path}: no rows")
-    labels = sorted({r[1] for r in rows}) if labels is None else labels
-    indices = _index(labels, [(line, text) for line, text, *_ in rows], csv_path)
+    if _hidden_or_labelled(csv_path, [(f"line {r[0]}", bool(r[1])) for r in rows]):
+        _hidden_needs_labels(csv_path, labels)
+        indices = [HIDDEN_LABEL] * len(rows)
+    else:
+        labels = sorted({r[1] for r in rows}) if labels is None else labels
+        indices = _index(labels, [(line, text) for line, text, *_ in rows], csv_path)
     videos = index_videos(videos_root)
     items = []
     for (_, _, yid, start, end), i in zip(rows, indices):
         clip = kinetics_clip_name(yid, start, end)
+        text = labels[i] if i != HIDDEN_LABEL else ""
         if clip in videos:  # already cut to [start, end]
-            items.append(Item(source=videos[clip], label=i, label_text=labels[i], name=clip))
+            items.append(Item(source=videos[clip], label=i, label_text=text, name=clip))
         elif yid in videos:  # the full video: keep only the clip's range
-            items.append(Item(source=videos[yid], label=i, label_text=labels[i], name=clip,
+            items.append(Item(source=videos[yid], label=i, label_text=text, name=clip,
                               start=start, end=end))
         else:  # reported as missing by the builder
             items.append(Item(source=fileio.join(videos_root, clip + ".mp4"), label=i,
-                              label_text=labels[i], name=clip))
+                              label_text=text, name=clip))
     return items, labels
 
 
