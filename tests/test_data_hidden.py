@@ -159,7 +159,7 @@ def test_eval_reads_hidden_labels_as_minus_one_and_training_is_refused(built):
         pipeline.make_dataset(str(lone / "x.tfrecord"), training=True, num_frames=4)
 
 
-def _cfg(out, run_dir, eval_files, train_files=None):
+def _cfg(out, run_dir, eval_files, train_files=None, every_epochs=0):
     from vov3d_tf.config import config_from_dict
     return config_from_dict({
         "model": {"num_classes": 2, "base_width": 8, "num_conv": 1, "blocks": [1, 1, 1, 1]},
@@ -167,7 +167,7 @@ def _cfg(out, run_dir, eval_files, train_files=None):
                  "eval_files": eval_files, "num_frames": 4, "crop_size": 32,
                  "train_short_side": [32, 32], "test_short_side": 32},
         "train": {"output_dir": str(run_dir), "batch_size": 2, "epochs": 1},
-        "eval": {"batch_size": 2, "num_clips": 1, "num_crops": 1}})
+        "eval": {"batch_size": 2, "num_clips": 1, "num_crops": 1, "every_epochs": every_epochs}})
 
 
 def test_eval_only_predictions_then_submission(built, tmp_path, capsys):
@@ -214,3 +214,27 @@ def test_eval_only_predictions_then_submission(built, tmp_path, capsys):
         f"101;{predicted['101']}\n102;{[c for c in CLASSES if c != predicted['102']][0]}\n")
     assert submission.score(metrics["predictions_csv"], str(tmp_path / "answers.csv")) == {
         "videos": 2, "top1": 0.5, "top5": 1.0}
+
+
+@pytest.mark.slow  # a whole (tiny) training run: ~40 s on 2 busy cores
+def test_run_with_a_hidden_eval_split_trains_and_predicts(built, tmp_path, capsys):
+    """Train on the labelled split, test on the hidden one: periodic evals and the final test
+    report "labels hidden" (null top-1), best.keras is the final model, predictions are written;
+    the finished run is recognised on a re-run."""
+    from vov3d_tf import training
+    out, _ = built
+    cfg = _cfg(out, tmp_path / "run", f"{out}/test-*.tfrecord", every_epochs=1)
+    result = training.run(cfg, verbose=0)
+    assert (result["top1"], result["top5"], result["num_videos"], result["num_labelled"]) == (
+        None, None, 2, 0)
+    logged = capsys.readouterr().out
+    assert "epoch 1: eval labels hidden: no top-1/top-5 (2 videos predicted)" in logged
+    assert "final multi-view test (2 videos x 1 views): labels hidden" in logged
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert (final["top1"], final["num_labelled"], final["steps"]) == (None, 0, 1)
+    assert (tmp_path / "run" / "best.keras").exists()
+    with open(tmp_path / "run" / "predictions.csv", newline="") as f:
+        assert sorted(r["true_index"] for r in csv.DictReader(f)) == ["-1", "-1"]
+    again = training.run(cfg, verbose=0)
+    assert again["already_finished"] and again["top1"] is None
+    assert "already holds a finished run (labels hidden)" in capsys.readouterr().out
