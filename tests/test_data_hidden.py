@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -86,7 +85,8 @@ def test_official_test_annotation_files_parse(tmp_path):
     assert [(i.source, i.label, i.label_text, i.kind) for i in items] == [
         ("/f/1420", -1, "", "frames"), ("/f/87", -1, "", "frames")]
     (ssv1 / "something-something-v1-test.csv").write_text("1420\n87;Holding something\n")
-    with pytest.raises(annotations.AnnotationError, match=r"1 of 2 entries have no label \(line 1\)"):
+    with pytest.raises(annotations.AnnotationError,
+                       match=r"1 of 2 entries have no label \(line 1\)"):
         annotations.parse_ssv1(str(ssv1), "test")
 
     (tmp_path / "classes.txt").write_text("a\nb\n")
@@ -105,7 +105,8 @@ def test_official_test_annotation_files_parse(tmp_path):
     with pytest.raises(annotations.AnnotationError, match="labels are hidden"):
         annotations.parse_k400(str(tmp_path / "k400.csv"), str(tmp_path / "k400"))
     (tmp_path / "test.csv").write_text("path,label\nx.mp4,a\ny.mp4,\n")
-    with pytest.raises(annotations.AnnotationError, match=r"1 of 2 entries have no label \(line 3\)"):
+    with pytest.raises(annotations.AnnotationError,
+                       match=r"1 of 2 entries have no label \(line 3\)"):
         annotations.parse_csv(str(tmp_path / "test.csv"), labels=["a", "b"])
 
 
@@ -209,7 +210,8 @@ def test_eval_only_predictions_then_submission(built, tmp_path, capsys):
     # 103 was missing at build time: an error naming it unless --allow-missing.
     assert submission.main([metrics["predictions_csv"], "--output", str(tmp_path / "s2.csv"),
                             "--ids", str(ssv2 / "test.json")]) == 2
-    assert "1 of the 3 test videos" in capsys.readouterr().err and not (tmp_path / "s2.csv").exists()
+    assert "1 of the 3 test videos" in capsys.readouterr().err
+    assert not (tmp_path / "s2.csv").exists()
     (tmp_path / "answers.csv").write_text(
         f"101;{predicted['101']}\n102;{[c for c in CLASSES if c != predicted['102']][0]}\n")
     assert submission.score(metrics["predictions_csv"], str(tmp_path / "answers.csv")) == {

@@ -4,8 +4,8 @@ Re-reads every record of every split and checks: the shard exists, its sha256 an
 match the manifest, every record parses, has a label index inside the label list whose text
 matches it (in a split whose labels are hidden, manifest `hidden_labels`: no label at all), and
 at least one frame; all frames of a record are JPEGs of one size (headers only; `--full`
-decodes every frame); per-split class histograms match (labelled splits). Prints one line per problem,
-naming the shard and record, and exits 1 if there is any (0 and a JSON summary otherwise).
+decodes every frame); per-split class histograms match (labelled splits). Prints one line per
+problem, naming the shard and record, and exits 1 if there is any (0 and a JSON summary otherwise).
 """
 import argparse
 import io
