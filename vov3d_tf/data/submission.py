@@ -8,7 +8,7 @@ Writes one line per video, `{video id};{predicted class name}`, no header: the `
 of Something-Something's own annotation files (`something-something-v1-*.csv`, and the
 `test-answers.csv` published for the v2 test set; class names are the ones of the dataset's
 labels file, for v2 the template without brackets). The official leaderboard's upload format
-could not be checked (its site is gone): this is the assumed form, see docs/data.md.
+could not be checked (its site is gone): this is the assumed form, see docs/training.md.
 
 `--ids` (the official test list: SSv2 `test.json`, SSv1 `something-something-v1-test.csv`, or
 any file of `id` / `id;...` lines) checks that every test video was predicted once and orders the
