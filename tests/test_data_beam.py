@@ -104,6 +104,34 @@ def test_writing_a_shard_twice_gives_the_same_file_and_no_temporaries(videos, tm
     assert sorted(os.listdir(tmp_path)) == [".build", "train-00000-of-00001.tfrecord"]
 
 
+def test_beam_equals_local_on_a_split_with_hidden_labels(videos, local, tmp_path):
+    """A test split (CSV without a label column, classes from the train split's labels.txt):
+    same bytes and manifest from both builders, in a directory that already holds train."""
+    (videos / "test.csv").write_text("path\ncarphone_pristine.mp4\nmissing.mp4\n"
+                                     "carphone_distorted.mp4\n")
+    outs = []
+    for name, extra in (("local", ()), ("beam", ("--runner", "DirectRunner"))):
+        out = tmp_path / name
+        shutil.copytree(local, out)
+        assert build_shards.main(["--output-dir", str(out), "--split", "test", "--csv",
+                                  str(videos / "test.csv"), "--labels", str(out / "labels.txt"),
+                                  "--num-shards", "2", "--short-side", "48", "--fps", "4",
+                                  "--workers", "1", "--no-progress", *extra]) == 0
+        outs.append(out)
+    a, b = outs
+    names = sorted(n for n in os.listdir(a) if n.startswith("test-"))
+    assert names == ["test-00000-of-00002.tfrecord", "test-00001-of-00002.tfrecord"]
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    ma = json.loads((a / "manifest.json").read_text())
+    assert ma == json.loads((b / "manifest.json").read_text())
+    entry = ma["splits"]["test"]
+    assert (entry["hidden_labels"], entry["class_histogram"]) == (True, None)
+    assert (entry["num_records"], entry["num_skipped"]) == (2, 1)
+    assert ma["splits"]["train"] == json.loads((local / "manifest.json").read_text())[
+        "splits"]["train"]  # the labelled split is untouched
+
+
 def test_unknown_flags_without_beam_are_refused(videos, tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_shards.main(_argv(videos, tmp_path, "--project", "p"))

@@ -7,6 +7,11 @@ confusion-matrix PNG and `predictions.csv` (every video's top-k, the form a test
 is made from) when given an output folder. `max_views_per_batch` splits a batch's views into
 forward passes of at most that many views (same results, bounded activation memory).
 
+Hidden labels (a test split: label -1): those videos are predicted and written to
+predictions.csv but left out of every metric. With none labelled there is no top-1/top-5 (NaN
+in the result, null in metrics files; `describe` says "labels hidden"); with some labelled and
+some hidden, top-1/top-5 are over the labelled videos only and `describe` says how many.
+
 Precise BN (`BN.USE_PRECISE_STATS`): before the final evaluation the BatchNorm moving
 statistics are replaced by their average over N training batches, so they describe the final
 weights instead of an exponential average over the weights of the last few hundred steps.
@@ -21,8 +26,8 @@ import tensorflow as tf
 
 from vov3d_tf import _compat, fileio
 
-__all__ = ["evaluate", "multi_view_scores", "topk_accuracy", "precise_bn", "write_per_class_csv",
-           "write_predictions_csv", "plot_confusion_matrix"]
+__all__ = ["evaluate", "describe", "json_metrics", "multi_view_scores", "topk_accuracy",
+           "precise_bn", "write_per_class_csv", "write_predictions_csv", "plot_confusion_matrix"]
 
 
 def multi_view_scores(view_probs):
@@ -151,6 +156,27 @@ def evaluate(model, dataset, num_classes, *, class_names=None, output_dir=None,
             os.path.join(output_dir, prefix + "predictions.csv"), all_files, labels,
             scores / max(num_views, 1), names, top_k)
     return result
+
+
+def describe(result):
+    """One line for a log: top-1/top-5, or that the labels are hidden (over how many videos)."""
+    n, known = result["num_videos"], result.get("num_labelled", result["num_videos"])
+    if known == 0:
+        return f"labels hidden: no top-1/top-5 ({n} videos predicted)"
+    text = f"top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}"
+    if known < n:
+        text += f" over the {known} labelled of {n} videos ({n - known} with hidden labels)"
+    return text
+
+
+def json_metrics(result, keys=("top1", "top5", "num_videos", "num_labelled", "num_views")):
+    """`keys` of an `evaluate` result for a JSON file: no top-1/top-5 (labels hidden) is null,
+    not NaN (which is not JSON)."""
+    out = {k: result[k] for k in keys}
+    for k in ("top1", "top5"):
+        if k in out and out[k] is not None and np.isnan(out[k]):
+            out[k] = None
+    return out
 
 
 def write_predictions_csv(path, filenames, labels, probabilities, class_names, top_k=5):

@@ -286,9 +286,8 @@ class PeriodicEval(keras.callbacks.Callback):
         result = evaluation.evaluate(self.model, self.dataset, self.num_classes, verbose=False,
                                      max_views_per_batch=self.max_views_per_batch)
         logs["val_top1"], logs["val_top5"] = result["top1"], result["top5"]
-        print(f"\n[vov3d] epoch {epoch + 1}: eval top-1 {result['top1']:.4f} "
-              f"top-5 {result['top5']:.4f} ({result['num_videos']} videos x "
-              f"{result['num_views']} views)", flush=True)
+        print(f"\n[vov3d] epoch {epoch + 1}: eval {evaluation.describe(result)} "
+              f"({result['num_videos']} videos x {result['num_views']} views)", flush=True)
         if result["top1"] > float(self.best_var.numpy()):
             self.best_var.assign(result["top1"])
             self.save_fn(self.model, self.best_path)
@@ -573,9 +572,10 @@ def _run(cfg, *, source, force, datasets, verbose):
     data.check(chief)
     finished = _prepare_output_dir(cfg, source, force, chief)
     if finished is not None:
-        print(f"[vov3d] {out} already holds a finished run (top-1 {finished.get('top1'):.4f}, "
-              f"top-5 {finished.get('top5'):.4f}); not retraining. Use --force to train again "
-              f"or --eval-only to re-evaluate.", flush=True)
+        shown = ("labels hidden" if finished.get("top1") is None else
+                 f"top-1 {finished['top1']:.4f}, top-5 {finished['top5']:.4f}")
+        print(f"[vov3d] {out} already holds a finished run ({shown}); not retraining. Use "
+              f"--force to train again or --eval-only to re-evaluate.", flush=True)
         return {**finished, "already_finished": True}
     names = data.class_names()
     steps_per_epoch = data.steps_per_epoch()
@@ -633,8 +633,7 @@ def _run(cfg, *, source, force, datasets, verbose):
     result = evaluation.evaluate(model, eval_ds, cfg.model.num_classes, class_names=names,
                                  output_dir=out if chief else None, verbose=verbose == 1,
                                  max_views_per_batch=cfg.eval.max_views_per_batch)
-    metrics = {"top1": result["top1"], "top5": result["top5"],
-               "num_videos": result["num_videos"], "num_views": result["num_views"],
+    metrics = {**evaluation.json_metrics(result),  # top-1/top-5 null when labels are hidden
                "steps": step, "steps_this_run": step - first_step, "epochs": tc.epochs,
                "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.time() - t_start, 1),
@@ -647,15 +646,16 @@ def _run(cfg, *, source, force, datasets, verbose):
     if chief:
         fileio.atomic_write_json(os.path.join(out, FINAL_METRICS), metrics, indent=2)
     print(f"[vov3d] final multi-view test ({result['num_videos']} videos x "
-          f"{result['num_views']} views): top-1 {result['top1']:.4f}, top-5 "
-          f"{result['top5']:.4f}; trained {step} steps in {train_seconds:.0f} s", flush=True)
+          f"{result['num_views']} views): {evaluation.describe(result)}; trained {step} steps "
+          f"in {train_seconds:.0f} s", flush=True)
     return {**metrics, "already_finished": False}
 
 
 def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_dir=None):
     """`--eval-only`: multi-view test of saved weights (default: output_dir/best.keras, then
     last.keras). Writes eval/metrics.json, per-class CSV, confusion PNG and predictions.csv
-    (every video's top-5, with its `video/filename`) under output_dir."""
+    (every video's top-5, with its `video/filename`) under output_dir. On a split whose labels
+    are hidden (a test split) the predictions are the result: top-1/top-5 are null."""
     out = output_dir or os.path.join(cfg.train.output_dir, "eval")
     if weights is None:
         for name in ("best.keras", "last.keras"):
@@ -681,12 +681,11 @@ def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_di
     result = evaluation.evaluate(model, eval_ds, cfg.model.num_classes, class_names=names,
                                  output_dir=out, verbose=sys.stdout.isatty(),
                                  max_views_per_batch=cfg.eval.max_views_per_batch)
-    metrics = {k: result[k] for k in ("top1", "top5", "num_videos", "num_labelled", "num_views")}
+    metrics = evaluation.json_metrics(result)  # top-1/top-5 null when the labels are hidden
     metrics.update(weights=weights, per_class_csv=result["per_class_csv"],
                    confusion_png=result["confusion_png"],
                    predictions_csv=result["predictions_csv"])
     fileio.write_json(os.path.join(out, "metrics.json"), metrics, indent=2)
     print(f"[vov3d] {weights}: multi-view test ({result['num_videos']} videos x "
-          f"{result['num_views']} views): top-1 {result['top1']:.4f}, top-5 "
-          f"{result['top5']:.4f}", flush=True)
+          f"{result['num_views']} views): {evaluation.describe(result)}", flush=True)
     return metrics

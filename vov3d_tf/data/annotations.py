@@ -5,19 +5,29 @@ Each parser returns (items, labels): `labels` is the class-name list (index orde
 an annotation error: the parser raises naming the file, line and label (up to 10 of them).
 Missing videos are not errors here: the builder skips them and lists them in the manifest.
 
+Hidden labels (a test split whose labels are not published): every item has label
+`HIDDEN_LABEL` (-1) and no label text; the class list still comes from the dataset's labels file
+(the classes the model predicts). A split is all labelled or all hidden: an annotation file
+that mixes labelled and label-less entries is an error naming them.
+
 Official formats:
   * Something-Something v2: `labels.json` {template without brackets: "index"}, `train.json` /
     `validation.json` lists of {"id", "label", "template": "Putting [something] on [something]",
     "placeholders"}; the class of a video is its template with the brackets removed; videos
-    `{id}.webm` in `20bn-something-something-v2/` (or `--videos-root`).
+    `{id}.webm` in `20bn-something-something-v2/` (or `--videos-root`). `test.json` (split
+    `test`) lists only {"id": "..."}: its labels are hidden.
   * Something-Something v1: `something-something-v1-labels.csv` (one class per line, line order =
     index), `something-something-v1-{train,validation}.csv` lines `id;class`; frames
     `{id}/00001.jpg...` in `20bn-something-something-v1/` (or `--frames-root`).
+    `something-something-v1-test.csv` (split `test`) has lines `id` only: hidden labels.
+  * CSV: header `path,label`; a CSV without a `label` column, or whose label column is empty
+    on every row, is a split with hidden labels (the class list then comes from `--labels`).
   * Kinetics-400: `train.csv` / `validate.csv` with header `label,youtube_id,time_start,time_end,
     split` (an extra `is_cc` column is ignored). Videos are looked up under `--videos-root`
     (any sub-folder) by the ActivityNet crawler's name `{youtube_id}_{start:06d}_{end:06d}.mp4`
     (already cut to the clip: all frames kept) or else `{youtube_id}.{ext}` (a full video: only
     [time_start, time_end) is stored). Classes: `--labels` file, else the sorted class names.
+    A `test.csv` without a `label` column (or an empty one) has hidden labels (`--labels` needed).
 """
 import csv
 import dataclasses
@@ -32,6 +42,7 @@ SPLIT_FILES = {"train": "train", "training": "train", "validation": "validation"
                "val": "validation", "valid": "validation", "validate": "validation",
                "eval": "validation", "test": "test"}
 MAX_REPORTED = 10
+HIDDEN_LABEL = -1  # Item.label of a video whose label is not published (a test split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +58,40 @@ class Item:
 
 class AnnotationError(ValueError):
     pass
+
+
+def labels_hidden(items):
+    """True if `items` form a split with hidden labels (every label is HIDDEN_LABEL)."""
+    return bool(items) and all(i.label == HIDDEN_LABEL for i in items)
+
+
+def _hidden_or_labelled(source, has_label):
+    """True (hidden split) if no entry of `has_label` [(where, bool)] has a label, False if all
+    do; raises naming the label-less entries of a mixed file."""
+    missing = [where for where, has in has_label if not has]
+    if not missing or len(missing) == len(has_label):
+        return bool(missing)
+    shown = "; ".join(str(w) for w in missing[:MAX_REPORTED])
+    more = f" (and {len(missing) - MAX_REPORTED} more)" if len(missing) > MAX_REPORTED else ""
+    raise AnnotationError(f"{source}: {len(missing)} of {len(has_label)} entries have no label "
+                          f"({shown}{more}); a split is either all labelled or all hidden (a "
+                          f"test split)")
+
+
+def _only_test_hidden(source, split, hidden):
+    """Something-Something publishes labels for every split but `test`: a label-less train or
+    validation file is a broken file, not a hidden split."""
+    if hidden and _split_file(split) != "test":
+        raise AnnotationError(f"{source}: no entry has a label, but split {split!r} is a "
+                              f"labelled split (only the test split's labels are hidden)")
+    return hidden
+
+
+def _hidden_needs_labels(source, labels):
+    if labels is None:
+        raise AnnotationError(f"{source}: the labels are hidden (no label column / all empty): "
+                              f"pass --labels FILE, the classes the model predicts (e.g. the "
+                              f"labels.txt of the training shards)")
 
 
 def read_labels_file(path):
@@ -81,19 +126,24 @@ def _split_file(split):
 
 def parse_csv(csv_path, *, labels=None, frames_root=None):
     """CSV with header `path,label`; relative paths resolve against the CSV's folder, or against
-    `frames_root` when given (then each path is a folder of frames)."""
+    `frames_root` when given (then each path is a folder of frames). No `label` column, or an
+    empty one on every row: hidden labels (`labels`, the class list, is then required)."""
     base = frames_root if frames_root is not None else fileio.dirname(fileio.abspath(csv_path))
     with io.StringIO(fileio.read_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise AnnotationError(f"{csv_path}: expected a header with columns path,label, got "
-                                  f"{reader.fieldnames}")
-        rows = [(reader.line_num, r["path"], r["label"].strip()) for r in reader]
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise AnnotationError(f"{csv_path}: expected a header with columns path,label (or "
+                                  f"path alone for hidden labels), got {reader.fieldnames}")
+        rows = [(reader.line_num, r["path"], (r.get("label") or "").strip()) for r in reader]
     if not rows:
         raise AnnotationError(f"{csv_path}: no rows")
+    kind = "frames" if frames_root is not None else "video"
+    if _hidden_or_labelled(csv_path, [(f"line {line}", bool(text)) for line, _, text in rows]):
+        _hidden_needs_labels(csv_path, labels)
+        return [Item(source=fileio.join(base, path), label=HIDDEN_LABEL, label_text="",
+                     name=path, kind=kind) for _, path, _ in rows], labels
     labels = sorted({r[2] for r in rows}) if labels is None else labels
     indices = _index(labels, [(line, text) for line, _, text in rows], csv_path)
-    kind = "frames" if frames_root is not None else "video"
     items = [Item(source=fileio.join(base, path), label=i, label_text=labels[i], name=path,
                   kind=kind) for (_, path, _), i in zip(rows, indices)]
     return items, labels
@@ -117,14 +167,20 @@ def parse_ssv2(ssv2_dir, split, *, videos_root=None):
     labels = [k for _, k in order]
     ann_path = fileio.join(ssv2_dir, f"{_split_file(split)}.json")
     entries = fileio.read_json(ann_path)
-    rows = []
+    if not isinstance(entries, list) or not entries:
+        raise AnnotationError(f"{ann_path}: expected a non-empty list of {{\"id\": ...}} entries")
     for n, e in enumerate(entries):
-        if "template" not in e or "id" not in e:
-            raise AnnotationError(f"{ann_path}: entry {n} has no 'id'/'template' (the test split "
-                                  f"has no labels)")
-        rows.append((f"entry {n} (id {e['id']})", strip_template(e["template"])))
-    indices = _index(labels, rows, ann_path)
+        if not isinstance(e, dict) or "id" not in e:
+            raise AnnotationError(f"{ann_path}: entry {n} has no 'id': {e!r}")
     root = videos_root or _first_dir(ssv2_dir, "20bn-something-something-v2")
+    hidden = _hidden_or_labelled(ann_path, [(f"entry {n} (id {e['id']})", "template" in e)
+                                            for n, e in enumerate(entries)])
+    if _only_test_hidden(ann_path, split, hidden):  # test.json: [{"id": ...}]
+        return [Item(source=fileio.join(root, f"{e['id']}.webm"), label=HIDDEN_LABEL,
+                     label_text="", name=f"{e['id']}.webm") for e in entries], labels
+    rows = [(f"entry {n} (id {e['id']})", strip_template(e["template"]))
+            for n, e in enumerate(entries)]
+    indices = _index(labels, rows, ann_path)
     items = [Item(source=fileio.join(root, f"{e['id']}.webm"), label=i, label_text=labels[i],
                   name=f"{e['id']}.webm") for e, i in zip(entries, indices)]
     return items, labels
@@ -135,19 +191,26 @@ def parse_ssv1(ssv1_dir, split, *, frames_root=None):
     labels_path = fileio.join(ssv1_dir, "something-something-v1-labels.csv")
     labels = read_labels_file(labels_path)
     ann_path = fileio.join(ssv1_dir, f"something-something-v1-{_split_file(split)}.csv")
-    ids, rows = [], []
+    ids, rows, has_label = [], [], []
     with io.StringIO(fileio.read_text(ann_path)) as f:
         for line_num, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            video_id, sep, text = line.rstrip("\n").partition(";")
-            if not sep:
-                raise AnnotationError(f"{ann_path}: line {line_num}: expected 'id;class', got "
+            video_id, sep, text = line.rstrip("\r\n").partition(";")
+            if not video_id.strip():
+                raise AnnotationError(f"{ann_path}: line {line_num}: no video id in "
                                       f"{line.strip()!r}")
             ids.append(video_id.strip())
             rows.append((line_num, text.strip()))
-    indices = _index(labels, rows, ann_path)
+            has_label.append((f"line {line_num}", bool(sep)))
+    if not ids:
+        raise AnnotationError(f"{ann_path}: no rows")
     root = frames_root or _first_dir(ssv1_dir, "20bn-something-something-v1")
+    hidden = _hidden_or_labelled(ann_path, has_label)
+    if _only_test_hidden(ann_path, split, hidden):  # something-something-v1-test.csv: ids only
+        return [Item(source=fileio.join(root, v), label=HIDDEN_LABEL, label_text="", name=v,
+                     kind="frames") for v in ids], labels
+    indices = _index(labels, rows, ann_path)
     items = [Item(source=fileio.join(root, v), label=i, label_text=labels[i], name=v,
                   kind="frames") for v, i in zip(ids, indices)]
     return items, labels
@@ -171,12 +234,14 @@ def index_videos(videos_root):
 
 
 def parse_k400(csv_path, videos_root, *, labels=None):
-    """Kinetics-400 `train.csv` / `validate.csv` (see the module docstring)."""
+    """Kinetics-400 `train.csv` / `validate.csv` (see the module docstring); a `test.csv`
+    without labels (no or an empty `label` column) is a split with hidden labels (`labels`
+    required)."""
     with io.StringIO(fileio.read_text(csv_path), newline="") as f:
         reader = csv.DictReader(f)
-        need = {"label", "youtube_id", "time_start", "time_end"}
+        need = {"youtube_id", "time_start", "time_end"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise AnnotationError(f"{csv_path}: expected columns {sorted(need)}, got "
+            raise AnnotationError(f"{csv_path}: expected columns {sorted(need | {'label'})}, got "
                                   f"{reader.fieldnames}")
         rows = []
         for r in reader:
@@ -185,23 +250,29 @@ def parse_k400(csv_path, videos_root, *, labels=None):
             except ValueError:
                 raise AnnotationError(f"{csv_path}: line {reader.line_num}: bad time range "
                                       f"{r['time_start']!r}, {r['time_end']!r}") from None
-            rows.append((reader.line_num, r["label"].strip(), r["youtube_id"].strip(), start, end))
+            rows.append((reader.line_num, (r.get("label") or "").strip(), r["youtube_id"].strip(),
+                         start, end))
     if not rows:
         raise AnnotationError(f"{csv_path}: no rows")
-    labels = sorted({r[1] for r in rows}) if labels is None else labels
-    indices = _index(labels, [(line, text) for line, text, *_ in rows], csv_path)
+    if _hidden_or_labelled(csv_path, [(f"line {r[0]}", bool(r[1])) for r in rows]):
+        _hidden_needs_labels(csv_path, labels)
+        indices = [HIDDEN_LABEL] * len(rows)
+    else:
+        labels = sorted({r[1] for r in rows}) if labels is None else labels
+        indices = _index(labels, [(line, text) for line, text, *_ in rows], csv_path)
     videos = index_videos(videos_root)
     items = []
     for (_, _, yid, start, end), i in zip(rows, indices):
         clip = kinetics_clip_name(yid, start, end)
+        text = labels[i] if i != HIDDEN_LABEL else ""
         if clip in videos:  # already cut to [start, end]
-            items.append(Item(source=videos[clip], label=i, label_text=labels[i], name=clip))
+            items.append(Item(source=videos[clip], label=i, label_text=text, name=clip))
         elif yid in videos:  # the full video: keep only the clip's range
-            items.append(Item(source=videos[yid], label=i, label_text=labels[i], name=clip,
+            items.append(Item(source=videos[yid], label=i, label_text=text, name=clip,
                               start=start, end=end))
         else:  # reported as missing by the builder
             items.append(Item(source=fileio.join(videos_root, clip + ".mp4"), label=i,
-                              label_text=labels[i], name=clip))
+                              label_text=text, name=clip))
     return items, labels
 
 

@@ -15,7 +15,8 @@ shards reused); the pipeline then does what the local builder's worker pool does
 * Same bytes: WriteShard puts a shard's records back in plan order and writes them with
   build_shards.write_shard, the local builder's code; the manifest is written by
   build_shards.finish in a single final step. So shard files, counts, class histogram, skipped
-  list, frame rates and sha256s equal the local builder's on the same input (tested).
+  list, frame rates and sha256s equal the local builder's on the same input, labelled or a
+  split with hidden labels (tested).
 * Bad videos never fail the pipeline: Decode turns any error into a skip (reason kept), counted
   in the Beam metrics `vov3d_tf.data.beam:videos_skipped` / `videos_written` and listed in the
   manifest.
@@ -78,6 +79,7 @@ def run(items, labels, *, output_dir, split, num_shards, params, gzip=False, bea
     plan_path = fileio.join(build_shards.state_path(output_dir, split), "plan.jsonl")
     refs = write_plan(plan_path, todo)
     num_labels = len(labels)
+    hidden_labels = annotations.labels_hidden(items)
 
     def expand(ref):
         k, name, digest, offset, length = ref
@@ -113,7 +115,8 @@ def run(items, labels, *, output_dir, split, num_shards, params, gzip=False, bea
         done = dict(finished)
         done.update(results)
         build_shards.finish(done, labels, output_dir=output_dir, split=split,
-                            num_shards=num_shards, params=params, gzip=gzip)
+                            num_shards=num_shards, params=params, gzip=gzip,
+                            hidden_labels=hidden_labels)
         return len(done)
 
     options = PipelineOptions(list(beam_args))

@@ -8,6 +8,9 @@
 
 Inputs (exactly one): --csv FILE (`path,label`; with --frames-root the paths are frame folders),
 --ssv2-dir, --ssv1-dir, --k400-csv with --videos-root (annotations.py documents the formats).
+A test split whose labels are hidden (--split test with --ssv2-dir / --ssv1-dir, or a CSV with
+no or an empty label column and --labels) is written with empty label lists and marked
+`"hidden_labels": true` in the manifest: it is for evaluation and predictions only.
 
 Deterministic: videos are dealt to shards by a fixed permutation (seed 0) of the annotation
 order, so classes mix across shards and the same inputs give byte-identical shards. Decoding runs
@@ -63,7 +66,10 @@ def _load(job):
         return None, str(e)
     except Exception as e:  # noqa: BLE001  (never let one file kill the build)
         return None, f"{type(e).__name__}: {e}"
-    example = fmt.make_sequence_example(frames, item.label, item.label_text, item.name)
+    if item.label == annotations.HIDDEN_LABEL:  # test split: both label lists stay empty
+        example = fmt.make_sequence_example(frames, [], [], item.name)
+    else:
+        example = fmt.make_sequence_example(frames, item.label, item.label_text, item.name)
     # deterministic=True sorts the context map's keys; otherwise upb writes them in a per-process
     # hash order and two processes (or Beam workers) give different bytes for the same record.
     return example.SerializeToString(deterministic=True), rate
@@ -84,7 +90,8 @@ def write_shard(output_dir, split, name, digest, shard_items, outcomes, num_labe
                 skipped.append({"source": item.source, "reason": info, "shard": name})
             else:
                 writer.write(record)
-                counts[item.label] += 1
+                if item.label != annotations.HIDDEN_LABEL:
+                    counts[item.label] += 1
                 key = "unknown" if info is None else repr(float(info))
                 rates[key] = rates.get(key, 0) + 1
             if on_video is not None:
@@ -133,14 +140,16 @@ def prepare(items, labels, *, output_dir, split, num_shards, params, gzip=False)
     return num_shards, results, todo
 
 
-def finish(results, labels, *, output_dir, split, num_shards, params, gzip=False):
+def finish(results, labels, *, output_dir, split, num_shards, params, gzip=False,
+           hidden_labels=False):
     """Writes the split's manifest entry from all shard results ({k: result}); returns the
-    manifest."""
+    manifest. `hidden_labels`: the split's labels are hidden (annotations.labels_hidden)."""
     ordered = [dict(results[k]) for k in range(num_shards)]
     skipped = [s for r in ordered for s in r.pop("skipped_videos")]
     for r in ordered:
         r.pop("size")
-    entry = shards.split_entry(ordered, skipped, len(labels), "GZIP" if gzip else "", params)
+    entry = shards.split_entry(ordered, skipped, len(labels), "GZIP" if gzip else "", params,
+                               hidden_labels=hidden_labels)
     return shards.write_split(output_dir, split, entry, labels)
 
 
@@ -179,7 +188,7 @@ def build(items, labels, *, output_dir, split, num_shards, params, workers=None,
             pool.terminate()
             pool.join()
     return finish(results, labels, output_dir=output_dir, split=split, num_shards=num_shards,
-                  params=params, gzip=gzip)
+                  params=params, gzip=gzip, hidden_labels=annotations.labels_hidden(items))
 
 
 def _finished(output_dir, state_dir, name, digest):
@@ -321,6 +330,8 @@ def main(argv=None):
     summary = {"output_dir": args.output_dir, "split": args.split,
                "records": entry["num_records"], "skipped": entry["num_skipped"],
                "shards": len(entry["shards"]), "seconds": round(time.time() - start, 1)}
+    if entry.get("hidden_labels"):
+        summary["hidden_labels"] = True
     if metrics is not None:
         summary["beam_metrics"] = metrics
     print(json.dumps(summary))

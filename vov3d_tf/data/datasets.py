@@ -1,7 +1,8 @@
 """An experiment's data: its shard files checked, counted and labelled, and its datasets built.
 
     ensure_synthetic(cfg)    demo configs: write the synthetic shards if train_files matches nothing
-    check_data(cfg)          every shard pattern matches files (error naming the key otherwise)
+    check_data(cfg)          every shard pattern matches files, train_files are labelled (an
+                             error naming the key otherwise)
     count_records(pattern)   records of a shard pattern (manifest counts, else read through)
     manifest_labels(patterns) class names from the manifest beside the shards
     make_datasets(cfg)       (train, eval) tf.data datasets (`make_dataset` with the config's
@@ -42,7 +43,8 @@ def ensure_synthetic(cfg, source="config"):
 
 
 def check_data(cfg, source="config", need_train=True):
-    """Every shard pattern must match files; a clear error naming the key otherwise."""
+    """Every shard pattern must match files and the training shards must not be a split whose
+    labels are hidden; a clear error naming the key (and file) otherwise."""
     keys = (["train_files"] if need_train else []) + ["eval_files"]
     for key in keys:
         pattern = getattr(cfg.data, key)
@@ -51,6 +53,11 @@ def check_data(cfg, source="config", need_train=True):
             hint = "" if tf.io.gfile.isdir(folder) else f" (folder {folder!r} does not exist)"
             raise FileNotFoundError(f"{source}: data.{key}: no file matches {pattern!r}{hint}; "
                                     f"build shards with `python -m vov3d_tf.data.build_shards`")
+    if need_train:  # a split whose labels are hidden (a test split) cannot be trained on
+        try:
+            pipeline.check_labelled(cfg.data.train_files)
+        except ValueError as e:
+            raise ValueError(f"{source}: data.train_files: {e}") from None
     if cfg.data.labels_file and not tf.io.gfile.exists(cfg.data.labels_file):
         raise FileNotFoundError(f"{source}: data.labels_file: {cfg.data.labels_file!r} not found")
 

@@ -3,7 +3,8 @@
 The layout is the one TF Model Garden and DMVR use for video classification, so their
 tools read our shards and we read theirs:
 
-    context        clip/label/index   int64 list (a list, so multi-label works)
+    context        clip/label/index   int64 list (a list, so multi-label works; empty for a
+                                      video whose label is hidden, e.g. a test split)
                    clip/label/text    bytes list (class names, same order as the indices)
                    video/filename     bytes      (source path or id, for error messages)
     feature list   image/encoded      one JPEG (RGB) per frame, all frames the same size
@@ -46,8 +47,9 @@ def make_sequence_example(frames_jpeg, label_index, label_text, filename):
 
     Args:
       frames_jpeg: list of JPEG-encoded frames (bytes), in time order; at least one.
-      label_index: class index (int) or list of indices (multi-label).
-      label_text: class name (str) or list of names, one per index.
+      label_index: class index (int) or list of indices (multi-label); [] for a hidden label
+        (the record keeps both label keys, with empty lists).
+      label_text: class name (str) or list of names, one per index ([] with []).
       filename: the source video's path or id (str), kept for error messages.
     """
     if not frames_jpeg:

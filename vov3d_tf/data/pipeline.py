@@ -13,6 +13,10 @@ Training elements: (clips float32 (B, T, crop, crop, 3), labels int32 (B,)).
 Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = num_clips * num_crops,
                    clip-major; sum the softmaxes of a video's V views. With `with_filename`:
                    (views, labels, filenames string (B,)) (`video/filename`, for prediction files).
+
+Hidden labels (a test split, manifest `hidden_labels`: build_shards writes its records with empty
+label lists): at eval their label is -1; training on such shards is refused, naming the file and
+split (`check_labelled`).
 """
 import collections
 import functools
@@ -197,7 +201,9 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
       prefetch: batches prepared ahead (default AUTOTUNE in training, 1 at eval).
       with_filename: eval only: elements (views, labels, filenames), each video's
         `video/filename`; a record without a label gets label -1 (hidden test labels, e.g. the
-        Something-Something test split) instead of counting as corrupt.
+        Something-Something test split) instead of counting as corrupt. Without it, records
+        of a split whose manifest says `hidden_labels` get -1 too; a label-less record of a
+        labelled split counts as corrupt.
       image_key, label_key: the records' feature list of JPEG frames and context int64 class
         indices (for shards written by other tools, e.g. Model Garden's image_field_key /
         label_field_key; files need no .tfrecord extension: pass a glob or a list).
@@ -231,8 +237,11 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
     seeds = [int(s) for s in np.random.SeedSequence(0 if seed is None else seed).generate_state(3)]
     file_seed, record_seed, aug_seed = seeds if seed is not None else (None, None, None)
 
+    if training:
+        check_labelled(file_pattern, split)
     files, compression = _shard_files(file_pattern, split, num_shards, shard_index)
-    check_record_keys(files[0][0], compression, image_key, label_key)
+    check_record_keys(files[0][0], compression, image_key, label_key, need_label=training)
+    hidden_files = () if training else tuple(sorted(hidden_label_files([p for p, _ in files])))
     if sampling == "dense":
         check_frame_rate([p for p, _ in files], sampling_rate, num_frames)
     ds = _read_records(files, compression, on_corrupt=on_corrupt, shuffle=shuffle,
@@ -255,7 +264,8 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
             parse_eval_record, num_frames=num_frames, crop_size=test_crop_size,
             sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
             num_clips=num_clips, num_crops=num_crops, random_segments=random_test_segments,
-            with_filename=with_filename, image_key=image_key, label_key=label_key)
+            with_filename=with_filename, hidden_files=hidden_files, image_key=image_key,
+            label_key=label_key)
         out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
     ds = _parse_or_skip(ds, parse, out_shape, on_corrupt=on_corrupt,
                         num_parallel_calls=num_parallel_calls, deterministic=deterministic,
@@ -325,11 +335,12 @@ def parse_train_record(path, index, serialized, seed, *, num_frames, crop_size, 
 
 def parse_eval_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
                       sampling_rate, short_side, num_clips, num_crops, random_segments=False,
-                      with_filename=False, image_key=fmt.IMAGE_KEY,
+                      with_filename=False, hidden_files=(), image_key=fmt.IMAGE_KEY,
                       label_key=fmt.LABEL_INDEX_KEY):
     """One eval record -> (views float32 (V, T, c, c, 3), label int32): the multi-view test
     (`preprocess.eval_views`); `random_segments` draws each segment's frame from `seed`.
-    `with_filename`: (views, (label or -1 when the record has none, video/filename))."""
+    `with_filename`: (views, (label or -1 when the record has none, video/filename)).
+    `hidden_files`: shard paths of splits with hidden labels, whose records get -1."""
     rec = fmt.parse_sequence_example(serialized, image_key, label_key)
     views = preprocess.eval_views(
         rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
@@ -337,6 +348,8 @@ def parse_eval_record(path, index, serialized, seed, *, num_frames, crop_size, s
         num_crops=num_crops, segment_seed=seed if random_segments else None)
     if with_filename:
         return views, (_label_or_unknown(rec), rec["filename"])
+    if hidden_files:
+        return views, _label_or_hidden(rec, path, index, hidden_files)
     return views, _first_label(rec, path, index)
 
 
@@ -374,11 +387,42 @@ def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, dete
                                                        *(y if with_filename else (y,))))
 
 
-def check_record_keys(path, compression, image_key, label_key):
+def hidden_label_files(paths):
+    """{path: (split, manifest path)} for those of `paths` that belong to a split whose labels
+    are hidden (manifest `hidden_labels`: a test split written by build_shards)."""
+    keys = {fileio.abspath(p): p for p in paths}
+    found = {}
+    for directory in sorted({fileio.dirname(k) for k in keys}):
+        manifest = shards.manifest_path(directory)
+        if not fileio.exists(manifest):
+            continue
+        for split, names in shards.hidden_label_splits(directory).items():
+            for name in names:
+                path = keys.get(fileio.join(directory, name))
+                if path is not None:
+                    found[path] = (split, manifest)
+    return found
+
+
+def check_labelled(file_pattern, split=None, purpose="training"):
+    """A ValueError naming the file, split and manifest if any shard of `file_pattern` belongs
+    to a split whose labels are hidden (they can be evaluated and predicted, not trained on)."""
+    files, _ = resolve_files(file_pattern, split)
+    hidden = hidden_label_files([p for p, _ in files])
+    if hidden:
+        path, (name, manifest) = sorted(hidden.items())[0]
+        raise ValueError(f"{path}: split {name!r} has hidden labels ({manifest}: "
+                         f"\"hidden_labels\": true, a test split); {purpose} needs labelled "
+                         f"shards ({len(hidden)} of the {len(files)} files of {file_pattern!r} "
+                         f"are unlabelled)")
+
+
+def check_record_keys(path, compression, image_key, label_key, need_label=False):
     """The first record of `path` must hold `image_key` (feature list) and `label_key` (context):
     a ValueError naming the file and the keys it has otherwise (shards written by other tools
-    use other keys: data.image_key / data.label_key). A record that does not parse is left to
-    the pipeline's corrupt-record handling."""
+    use other keys: data.image_key / data.label_key). `need_label` (training): its label list
+    must not be empty either (shards without a manifest whose labels are hidden). A record
+    that does not parse is left to the pipeline's corrupt-record handling."""
     try:
         first = next(iter(tf.data.TFRecordDataset(path, compression_type=compression).take(1)),
                      None)
@@ -395,6 +439,9 @@ def check_record_keys(path, compression, image_key, label_key):
         raise ValueError(f"{path}: record 0 has no context feature {label_key!r} (it has "
                          f"{sorted(context)}; set data.label_key / label_key= to the int64 "
                          f"class-index key)")
+    if need_label and not context[label_key].int64_list.value:
+        raise ValueError(f"{path}: record 0 has no label (empty {label_key!r}: hidden labels, "
+                         f"a test split?); training needs labelled shards")
 
 
 DENSE_REFERENCE_FPS = 30.0  # the paper's dense sampling (16 x stride 5) is defined at 30 fps
@@ -444,6 +491,16 @@ def _label_or_unknown(rec):
     """The first label, or -1 for a record without one (hidden test labels)."""
     return tf.cond(tf.size(rec["labels"]) > 0, lambda: tf.cast(rec["labels"][0], tf.int32),
                    lambda: tf.constant(-1, tf.int32))
+
+
+def _label_or_hidden(rec, path, index, hidden_files):
+    """The first label; -1 for a label-less record of a file in `hidden_files`, which is
+    corrupt in any other file."""
+    hidden = tf.reduce_any(tf.equal(path, tf.constant(hidden_files)))
+    check = tf.debugging.Assert(tf.logical_or(hidden, tf.size(rec["labels"]) > 0), [
+        "record", index, "in", path, "has no", fmt.LABEL_INDEX_KEY])
+    with tf.control_dependencies([check]):
+        return _label_or_unknown(rec)
 
 
 def _first_label(rec, path, index):

@@ -9,7 +9,9 @@ class name per line, line number = class index) and `manifest.json`:
      "splits": {"train": {
          "compression": "" | "GZIP",
          "num_records": N, "num_skipped": K,
-         "class_histogram": [records per class index],
+         "class_histogram": [records per class index] (null when the labels are hidden),
+         "hidden_labels": true,     # only in a split whose labels are hidden (a test split):
+                                    # its records carry empty label lists
          "frame_rate": stored frames per second (one value for all records) or null (unknown:
                        frame folders, or videos kept at different native rates),
          "frame_rates": {"25.0": records, ..., "unknown": records},
@@ -129,11 +131,13 @@ def write_split(directory, split, entry, labels):
     return manifest
 
 
-def split_entry(shards, skipped, num_classes, compression, params):
+def split_entry(shards, skipped, num_classes, compression, params, *, hidden_labels=False):
     """Builds a manifest split entry from per-shard results.
 
     shards: list of dicts {"file", "records", "sha256", "skipped", "class_counts",
-    "frame_rates" (stored frame rate -> records, optional)}.
+    "frame_rates" (stored frame rate -> records, optional)}. `hidden_labels`: the split's
+    labels are hidden: no class histogram, `"hidden_labels": true` (labelled splits have no
+    such key, so their manifests are what they always were).
     """
     histogram, rates = [0] * num_classes, {}
     for s in shards:
@@ -143,15 +147,25 @@ def split_entry(shards, skipped, num_classes, compression, params):
             rates[rate] = rates.get(rate, 0) + n
     known = [r for r, n in rates.items() if n and r != "unknown"]
     single = float(known[0]) if len(known) == 1 and not rates.get("unknown") else None
-    return {"compression": compression,
-            "num_records": sum(s["records"] for s in shards),
-            "num_skipped": len(skipped),
-            "class_histogram": histogram,
-            "frame_rate": single,
-            "frame_rates": dict(sorted(rates.items())),
-            "shards": shards,
-            "skipped": skipped,
-            "params": params}
+    entry = {"compression": compression,
+             "num_records": sum(s["records"] for s in shards),
+             "num_skipped": len(skipped),
+             "class_histogram": None if hidden_labels else histogram,
+             "frame_rate": single,
+             "frame_rates": dict(sorted(rates.items())),
+             "shards": shards,
+             "skipped": skipped,
+             "params": params}
+    if hidden_labels:
+        entry["hidden_labels"] = True
+    return entry
+
+
+def hidden_label_splits(directory):
+    """{split: [shard file names]} of the directory's splits whose labels are hidden."""
+    manifest = read_manifest(directory)
+    return {split: [s["file"] for s in entry["shards"]]
+            for split, entry in manifest["splits"].items() if entry.get("hidden_labels")}
 
 
 def split_files(directory, split):

@@ -2,9 +2,10 @@
 
 Re-reads every record of every split and checks: the shard exists, its sha256 and record count
 match the manifest, every record parses, has a label index inside the label list whose text
-matches it, and at least one frame; all frames of a record are JPEGs of one size (headers only;
-`--full` decodes every frame); per-split class histograms match. Prints one line per problem,
-naming the shard and record, and exits 1 if there is any (0 and a JSON summary otherwise).
+matches it (in a split whose labels are hidden, manifest `hidden_labels`: no label at all), and
+at least one frame; all frames of a record are JPEGs of one size (headers only; `--full`
+decodes every frame); per-split class histograms match (labelled splits). Prints one line per
+problem, naming the shard and record, and exits 1 if there is any (0 and a JSON summary otherwise).
 """
 import argparse
 import io
@@ -17,15 +18,21 @@ from vov3d_tf.data import format as fmt
 from vov3d_tf.data import shards
 
 
-def check_record(serialized, labels, *, full=False):
-    """Problems (list of str) of one serialized record; empty if it is fine."""
+def check_record(serialized, labels, *, full=False, hidden_labels=False):
+    """Problems (list of str) of one serialized record; empty if it is fine. `hidden_labels`:
+    the record belongs to a split whose labels are hidden and must carry none."""
     from PIL import Image
     try:
         frames, indices, texts, _ = fmt.read_sequence_example(serialized)
     except Exception as e:  # noqa: BLE001  (protobuf raises DecodeError and others)
         return [f"not a SequenceExample ({type(e).__name__}: {e})"]
     problems = []
-    if not indices:
+    if hidden_labels:
+        if indices or texts:
+            problems.append(f"label {indices} {texts} in a split whose labels are hidden "
+                            f"(manifest hidden_labels)")
+        indices = []
+    elif not indices:
         problems.append(f"no {fmt.LABEL_INDEX_KEY}")
     for j, index in enumerate(indices):
         if not 0 <= index < len(labels):
@@ -73,6 +80,7 @@ def validate(directory, *, full=False, log=print):
     labels = manifest["labels"]
     problems, summary = 0, {}
     for split, entry in sorted(manifest["splits"].items()):
+        hidden = bool(entry.get("hidden_labels"))
         histogram = [0] * len(labels)
         total = 0
         for shard in entry["shards"]:
@@ -89,7 +97,8 @@ def validate(directory, *, full=False, log=print):
             records = tf.data.TFRecordDataset(path, compression_type=entry.get("compression", ""))
             try:
                 for serialized in records:
-                    record_problems = check_record(serialized.numpy(), labels, full=full)
+                    record_problems = check_record(serialized.numpy(), labels, full=full,
+                                                   hidden_labels=hidden)
                     for p in record_problems:
                         log(f"BAD {path}: record {count}: {p}")
                     problems += len(record_problems)
@@ -108,11 +117,16 @@ def validate(directory, *, full=False, log=print):
                 log(f"BAD {path}: {count} records read, manifest says {shard['records']}")
                 problems += 1
             total += count
-        if histogram != entry.get("class_histogram", histogram):
+        if hidden and entry.get("class_histogram") is not None:
+            log(f"BAD split {split!r}: a class histogram in a split whose labels are hidden")
+            problems += 1
+        elif not hidden and histogram != entry.get("class_histogram", histogram):
             log(f"BAD split {split!r}: class histogram of the records differs from the manifest's")
             problems += 1
         summary[split] = {"records": total, "shards": len(entry["shards"]),
                           "skipped_at_build": entry.get("num_skipped", 0)}
+        if hidden:
+            summary[split]["hidden_labels"] = True
     return problems, summary
 
 
