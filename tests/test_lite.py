@@ -88,15 +88,6 @@ def shards(tmp_path_factory):
     return root
 
 
-def _margin_agreement(want, got):
-    """Top-1 agreement on the clips whose float top-1 margin exceeds 3x the RMS logit error (on
-    them a disagreement is a real error, not a near tie); and how many such clips there are."""
-    rmse = float(np.sqrt(np.mean((got - want) ** 2)))
-    top2 = np.sort(want, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 3 * rmse
-    return float(np.mean(got[clear].argmax(1) == want[clear].argmax(1))), int(clear.sum()), rmse
-
-
 def test_eval_clips_are_the_eval_pipeline_views(shards):
     from vov3d_tf.data import make_dataset
     clips = lite.EvalClips(str(shards / "eval-*"), frames=4, size=32, num_clips=1, num_crops=3)
@@ -139,7 +130,8 @@ def test_quantize_modes_convert_and_run(shards):
     # Dynamic range (measured 0.014 x the logits' std): every clip whose float top-1 is not a
     # near tie keeps it. Full int8 of an untrained net (measured 0.17-0.31): bounded error only; its
     # top-1 agreement is tested on a trained model (test_int8_keeps_a_trained_models_answers).
-    agreement, clear, rmse = _margin_agreement(want, got["dynamic"])
+    rmse = float(np.sqrt(np.mean((got["dynamic"] - want) ** 2)))
+    agreement, clear = lite.clear_agreement(want, got["dynamic"])
     assert rmse <= 0.05 * scale and clear >= 12 and agreement == 1.0, (rmse / scale, clear)
     rmse = float(np.sqrt(np.mean((got["int8"] - want) ** 2)))
     assert rmse <= 0.6 * scale, rmse / scale
@@ -166,6 +158,16 @@ def test_int8_model_is_integer_from_input_to_output():
     graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec((1, 4, 32, 32, 3))).graph.as_graph_def()
     assert sum(n.op == "AddN" for n in graph.node) == 4  # one T-OSA block per stage
+
+
+def test_clear_agreement_ignores_near_ties():
+    want = np.array([[5.0, 0.0, 0.0], [1.0, 0.9, 0.0], [0.0, 0.0, 4.0], [0.0, 3.0, 0.0]])
+    got = want + np.array([[0.0, 0.5, 0.0], [-0.2, 0.2, 0.0], [0.0, 0.0, 0.0],
+                           [2.0, -2.0, 0.0]])
+    # RMS difference 0.83: clips 0, 2 and 3 lead by more than 2.5 and count; of them clip 3
+    # flips. Clip 1 (a 0.1 lead) flips too, but as a near tie it does not count.
+    assert lite.clear_agreement(want, got) == (2 / 3, 3)
+    assert lite.clear_agreement(want, got, factor=10.0) == (None, 0)
 
 
 def test_quantize_errors(shards, tmp_path, capsys):

@@ -295,7 +295,12 @@ def compare(reference, candidates, eval_clips, *, max_videos=None, num_threads=N
     summed view softmaxes (the multi-view test of `vov3d_tf.evaluation`), and per candidate
     "top1_agreement" (fraction of views whose top-1 class equals the reference's),
     "video_top1_agreement" (same per video), "top1_delta" (candidate - reference top-1),
-    "logit_rel_rmse" (RMS logit error over the reference logits' standard deviation).
+    "logit_rel_rmse" (RMS logit error over the reference logits' standard deviation), and
+    "clear_views" / "clear_top1_agreement": the views whose reference top-1 leads its runner-up
+    by more than 3x the candidate's RMS logit error, and the agreement on those (elsewhere a
+    flipped top-1 can be a near tie, not an error; see `clear_agreement`).
+    Videos with hidden labels (-1) count in the agreements only; top-1/top-5 are then over the
+    labelled videos ("labelled_videos"), None when there are none.
     """
     import numpy as np
 
@@ -318,24 +323,51 @@ def compare(reference, candidates, eval_clips, *, max_videos=None, num_threads=N
     if not labels:
         raise ValueError("no eval videos were read")
     labels = np.asarray(labels)
+    known = labels >= 0  # hidden labels (-1) have no accuracy
     result = {}
     for name, p in probs.items():
         p = np.stack(p)  # (videos, views, classes)
         scores = multi_view_scores(p)
-        entry = {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5),
-                 "videos": int(p.shape[0]), "views": int(p.shape[0] * p.shape[1])}
+        entry = {"top1": None, "top5": None, "videos": int(p.shape[0]),
+                 "views": int(p.shape[0] * p.shape[1]), "labelled_videos": int(known.sum())}
+        if known.any():
+            entry["top1"] = topk_accuracy(scores[known], labels[known], 1)
+            entry["top5"] = topk_accuracy(scores[known], labels[known], 5)
         if name != "reference":
             ref = np.stack(probs["reference"])
             entry["top1_agreement"] = float(np.mean(p.argmax(-1) == ref.argmax(-1)))
             entry["video_top1_agreement"] = float(np.mean(
                 scores.argmax(-1) == multi_view_scores(ref).argmax(-1)))
-            entry["top1_delta"] = entry["top1"] - result["reference"]["top1"]
+            entry["top1_delta"] = (None if entry["top1"] is None
+                                   else entry["top1"] - result["reference"]["top1"])
             ref_logits = np.concatenate(logits_of["reference"])
+            got_logits = np.concatenate(logits_of[name])
             entry["logit_rel_rmse"] = float(  # error relative to the logits' own spread
-                np.sqrt(np.mean((np.concatenate(logits_of[name]) - ref_logits) ** 2))
+                np.sqrt(np.mean((got_logits - ref_logits) ** 2))
                 / max(float(ref_logits.std()), 1e-12))
+            entry["clear_top1_agreement"], entry["clear_views"] = clear_agreement(
+                ref_logits, got_logits)
         result[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}
     return result
+
+
+def clear_agreement(reference, candidate, factor=3.0):
+    """(top-1 agreement, count) over the clips whose `reference` logits' top-1 leads the
+    runner-up by more than `factor` x the RMS difference between `candidate` and `reference`.
+
+    A model whose top two classes are nearly tied on a clip flips its top-1 under any small
+    perturbation (even fp16 weights do, on an untrained net); on the clear clips a flip is a real
+    error. Agreement is None when no clip is clear."""
+    import numpy as np
+
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    rmse = float(np.sqrt(np.mean((candidate - reference) ** 2)))
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > factor * rmse
+    if not clear.any():
+        return None, 0
+    agree = candidate[clear].argmax(-1) == reference[clear].argmax(-1)
+    return float(np.mean(agree)), int(clear.sum())
 
 
 def run_tflite(path_or_bytes, clips, *, num_threads=None):
