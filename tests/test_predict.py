@@ -81,6 +81,11 @@ def test_cli_errors(setup, tmp_path, capsys):
     assert "video not found" in capsys.readouterr().err
     assert predict.main([VIDEO, "--config", config_path, "--weights", "nope.keras"]) == 2
     assert "weights not found: 'nope.keras'" in capsys.readouterr().err
+    three = tmp_path / "three.txt"
+    three.write_text("a\nb\nc\n")
+    assert predict.main([VIDEO, "--config", config_path, "--labels", str(three),
+                         "--short-side", "64"]) == 2
+    assert f"--labels {three}: 3 labels for a model with 6 classes" in capsys.readouterr().err
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
     assert predict.main([str(bad), "--config", config_path]) == 2

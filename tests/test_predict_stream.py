@@ -221,6 +221,24 @@ def test_cli_writes_windows_and_the_whole_video(setup, keras_results, tmp_path, 
                                    atol=2e-6)
 
 
+def test_cli_reads_and_writes_through_gfile(setup, keras_results, capsys):
+    """Video, weights and output on ram:// (no local path, like gs://): the same windows."""
+    root = "ram://predict_stream_cli"
+    tf.io.gfile.makedirs(root)
+    tf.io.gfile.copy(VIDEO, f"{root}/clip.mp4", overwrite=True)
+    tf.io.gfile.copy(setup["weights"], f"{root}/best.keras", overwrite=True)
+    assert predict.main([f"{root}/clip.mp4", "--config", setup["config"], "--weights",
+                         f"{root}/best.keras", "--short-side", str(SHORT), "--window", "2",
+                         "--stride", "1", "--top-k", "6", "--output", f"{root}/w.jsonl"]) == 0
+    capsys.readouterr()
+    with tf.io.gfile.GFile(f"{root}/w.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["window"] for r in rows] == [0, 1, 2, "video"]
+    for row, (_, p) in zip(rows, keras_results):
+        np.testing.assert_allclose([p[i] for i in row["indices"]], row["scores"], atol=2e-6)
+    tf.io.gfile.rmtree(root)
+
+
 def test_json_lines_rows(tmp_path):
     writer = predict._Writer(str(tmp_path / "w.jsonl"), 2)
     writer.row(0, 0.0, 2.0, 60, [(4, "e", 0.75), (1, "b", 0.125)])
