@@ -43,8 +43,17 @@ def videos():
             for n in ("bikes.mp4", "carphone_pristine.mp4")]
 
 
-def test_spec_reads_back_from_the_export(exported):
+def test_spec_reads_back_from_the_export(exported, tmp_path):
     assert serving_client.read_spec(exported["path"]) == SPEC
+    tf.io.gfile.makedirs("ram://client")  # a copy on a filesystem without local paths
+    tf.io.gfile.copy(f"{exported['path']}/assets.extra/{serving.EXPORT_INFO_FILE}",
+                     "ram://client/info.json", overwrite=True)
+    assert serving_client.read_spec("ram://client/info.json") == SPEC
+    with pytest.raises(FileNotFoundError, match=r"missing\.json: not found"):
+        serving_client.read_spec(str(tmp_path / "missing.json"))
+    (tmp_path / "other.json").write_text('{"signatures": {}}')
+    with pytest.raises(ValueError, match=r"other\.json: no 'spec' entry"):
+        serving_client.read_spec(str(tmp_path / "other.json"))
 
 
 def test_client_sampling_equals_evaluation_of_the_whole_video(exported, videos):

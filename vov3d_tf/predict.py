@@ -171,7 +171,8 @@ class SavedModelRuntime:
     def __init__(self, path):
         import tensorflow as tf
         from vov3d_tf.data.labels import read_labels
-        from vov3d_tf.serving import EXPORT_INFO_FILE, LABELS_ASSET, SIGNATURE_FRAMES
+        from vov3d_tf.serving import LABELS_ASSET, SIGNATURE_FRAMES
+        from vov3d_tf.serving_client import read_spec
 
         self.path = _saved_model_version(os.fspath(path))
         loaded = tf.saved_model.load(self.path)
@@ -182,8 +183,7 @@ class SavedModelRuntime:
         self._fn = loaded.signatures[SIGNATURE_FRAMES]
         self.labels = read_labels(fileio.join(self.path, "assets", LABELS_ASSET))
         self.num_classes = len(self.labels)
-        self.spec = fileio.read_json(fileio.join(self.path, "assets.extra",
-                                                 EXPORT_INFO_FILE))["spec"]
+        self.spec = read_spec(self.path)  # the export's ServingSpec
 
     def probabilities(self, videos):
         import tensorflow as tf
