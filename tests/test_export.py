@@ -352,6 +352,10 @@ def test_load_trained_model_from_weights_file(tmp_path):
         serving.load_trained_model(__file__, cfg.model)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         serving.load_trained_model(str(tmp_path / "missing.keras"), cfg.model)
+    other = dataclasses.replace(cfg.model, num_classes=4)
+    with pytest.raises(ValueError, match=r"tiny\.weights\.h5: does not fit the config's model "
+                                         r"\(vov3d_m, model.num_classes=4\): .*\(2048, 4\)"):
+        serving.load_trained_model(path, other)
 
 
 @pytest.mark.slow

@@ -66,7 +66,9 @@ def video_views(path, cfg, *, fps=None, short_side=256):
 
 
 def predict_video(model, path, cfg, *, fps=None, short_side=256):
-    """Class probabilities (K,) of one video: mean of the softmax of its test views."""
+    """Class probabilities (K,) of one video: mean of the softmax of its test views. `model`:
+    a runtime (`load_runtime`) or a Keras model; a `VideoClassifier` is BN-folded on every
+    call, so pass `KerasRuntime(model, view_kwargs(cfg))` to predict many videos."""
     engine = model if hasattr(model, "probabilities") else KerasRuntime(model, view_kwargs(cfg))
     return engine.probabilities([_read(path, fps=fps, short_side=short_side)])[0]
 

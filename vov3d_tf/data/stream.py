@@ -1,9 +1,10 @@
 """Long videos as a stream: frames decoded one at a time, and sliding windows over them.
 
-`iter_frames` yields the frames of a video file exactly as `video_io.read_video` returns them
-(the shard builder's frame policy: short side resized with Pillow's bilinear filter, optional
-resampling to `fps` by timestamp, JPEG at `jpeg_quality`), each with its time in seconds from
-the first frame, without ever holding more than the current frame.
+`iter_frames` yields the frames of a video file (local, gs://, ram://, ...: read through
+`fileio`) exactly as `video_io.read_video` returns them (the shard builder's frame policy: short
+side resized with Pillow's bilinear filter, optional resampling to `fps` by timestamp, JPEG at
+`jpeg_quality`), each with its time in seconds from the first frame, without ever holding more
+than the current frame.
 
 `sliding_windows` groups such a stream into windows `[start, start + window)` starting every
 `stride` seconds (from 0, the first frame). It keeps only the frames of the window being filled
