@@ -74,6 +74,21 @@ def test_client_sampling_equals_evaluation_of_the_whole_video(exported, videos):
                                   preprocess.segment_indices(n, 4, training=False).numpy())
 
 
+def test_predict_runs_a_client_sampling_export(exported):
+    """predict's SavedModel runtime samples a --client-sampling export's frames itself and
+    sends at most the export's max_videos videos per call."""
+    from test_export import keras_probabilities
+    from vov3d_tf import predict
+
+    whole = read_video(clip_path("carphone_pristine.mp4"), short_side=SPEC.short_side)
+    videos = [whole, whole[:50]]
+    assert len(videos * 9) > SPEC.max_videos
+    probs = predict.load_runtime(exported["path"]).probabilities(videos * 9)
+    expected = keras_probabilities(exported["model"], videos, SPEC)
+    assert abs(expected[0] - expected[1]).max() > 1e-3  # the two videos differ
+    np.testing.assert_allclose(probs, np.tile(expected, (9, 1)), atol=1e-5, rtol=0)
+
+
 def test_two_requests_batched_as_tf_serving_does_equal_each_alone(exported, videos):
     """TF Serving's batcher concatenates same-shaped requests on axis 0 and splits the outputs:
     with exactly T frames per video every request has shape (batch, T)."""

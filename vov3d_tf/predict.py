@@ -190,15 +190,21 @@ class SavedModelRuntime:
     def probabilities(self, videos):
         import tensorflow as tf
         from vov3d_tf.data import preprocess
+        from vov3d_tf.serving_client import sample_indices
 
+        if self.spec.presampled:  # a --client-sampling export takes exactly the sampled frames
+            videos = [[v[i] for i in sample_indices(len(v), self.spec)] for v in videos]
         decoded = [preprocess.decode_jpegs(tf.constant(v)) for v in videos]
         out = [None] * len(videos)
-        # One call per frame count (a batch is one uint8 array); usually all windows share it.
+        # One call per frame count (a batch is one uint8 array; usually all windows share it)
+        # and at most the export's max_videos per call.
         for shape in sorted({tuple(d.shape) for d in decoded}):
-            idx = [i for i, d in enumerate(decoded) if tuple(d.shape) == shape]
-            probs = self._fn(frames=tf.stack([decoded[i] for i in idx]))["probabilities"].numpy()
-            for i, p in zip(idx, probs):
-                out[i] = p
+            same = [i for i, d in enumerate(decoded) if tuple(d.shape) == shape]
+            for start in range(0, len(same), self.spec.max_videos):
+                idx = same[start:start + self.spec.max_videos]
+                probs = self._fn(frames=tf.stack([decoded[i] for i in idx]))["probabilities"]
+                for i, p in zip(idx, probs.numpy()):
+                    out[i] = p
         return np.stack(out)
 
 
