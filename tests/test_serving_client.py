@@ -153,6 +153,8 @@ def test_rest_body_and_grpc_request_round_trip(exported, videos):
 
     with pytest.raises(ValueError, match="same number of frames"):
         serving_client.rest_body([videos[0], videos[0][:3]])
+    with pytest.raises(ValueError, match=r"videos \[1\] have none"):
+        serving_client.grpc_request([videos[0], []], "tiny")
     with pytest.raises(ValueError, match="server error: bad"):
         serving_client.outputs_from_rest({"error": "bad"})
     with pytest.raises(ValueError, match="missing.mp4: file not found"):

@@ -75,8 +75,11 @@ def sample_frames(path, spec, *, fps=None, jpeg_quality=90):
 
 def _videos(videos):
     videos = [list(v) for v in videos]
-    if not videos or any(not v for v in videos):
-        raise ValueError("send at least one video, each with at least one frame")
+    if not videos:
+        raise ValueError("send at least one video, got none")
+    empty = [i for i, v in enumerate(videos) if not v]
+    if empty:
+        raise ValueError(f"every video needs at least one frame; videos {empty} have none")
     if len({len(v) for v in videos}) > 1:
         raise ValueError(f"all videos of one request need the same number of frames (a dense "
                          f"tensor), got {[len(v) for v in videos]}")
