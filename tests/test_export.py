@@ -196,6 +196,17 @@ def test_fresh_tensorflow_only_process_runs_every_signature(exported, clips, tmp
             assert out[signature + "_labels"].tolist() == [labels], signature
 
 
+def test_predict_refuses_a_window_over_the_exports_frame_cap(exported, clips):
+    from vov3d_tf import predict
+
+    runtime = predict.load_runtime(exported["path"])
+    np.testing.assert_allclose(runtime.probabilities(clips[:1]),
+                               keras_probabilities(exported["model"], clips[:1], SPEC), atol=1e-5)
+    with pytest.raises(ValueError, match=r"513 frames in one video or window, over the export's "
+                                         r"cap max_frames=512"):
+        runtime.probabilities([[b"not decoded"] * 513])
+
+
 def test_warmup_parses_as_prediction_log_and_replays(exported):
     path = exported["path"]
     logs = serving.read_warmup(os.path.join(path, "assets.extra", serving.WARMUP_FILE))

@@ -194,6 +194,12 @@ class SavedModelRuntime:
 
         if self.spec.presampled:  # a --client-sampling export takes exactly the sampled frames
             videos = [[v[i] for i in sample_indices(len(v), self.spec)] for v in videos]
+        cap = self.spec.limits.max_frames
+        for v in videos:  # the graph would refuse it (after all its frames were decoded here)
+            if cap is not None and len(v) > cap:
+                raise ValueError(f"{self.path}: {len(v)} frames in one video or window, over the "
+                                 f"export's cap max_frames={cap}; use shorter --window seconds, "
+                                 f"or export with a larger --max-frames or --client-sampling")
         decoded = [preprocess.decode_jpegs(tf.constant(v)) for v in videos]
         out = [None] * len(videos)
         # One call per frame count (a batch is one uint8 array; usually all windows share it)
