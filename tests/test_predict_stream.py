@@ -117,6 +117,8 @@ def _window_probs(runtime, *, batch=2):
 
 @pytest.fixture(scope="module")
 def keras_runtime(setup):
+    with pytest.raises(ValueError, match="best.keras: a .keras or .tflite model needs the config"):
+        predict.load_runtime(setup["weights"])
     return predict.load_runtime(setup["weights"], setup["cfg"])
 
 

@@ -236,6 +236,9 @@ def load_runtime(model_path, cfg=None, *, labels=None):
         raise FileNotFoundError(f"weights not found: {model_path!r} (pass --weights)")
     if fileio.isdir(model_path):
         return SavedModelRuntime(model_path)
+    if cfg is None and model_path.endswith((".tflite", ".keras")):
+        raise ValueError(f"{model_path}: a .keras or .tflite model needs the config of its test "
+                         f"views (frames, resize, crops); only a SavedModel export has its own")
     if model_path.endswith(".tflite"):
         return TFLiteRuntime(model_path, view_kwargs(cfg), labels=labels)
     if model_path.endswith(".keras"):
