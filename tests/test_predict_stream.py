@@ -108,6 +108,11 @@ def test_windows_hold_only_one_window_of_frames():
     assert [(w.start, round(w.end, 6), len(w.frames)) for w in short] == [(0.0, 0.7, 7)]
     with pytest.raises(ValueError, match="stride must be a positive number of seconds"):
         stream.WindowStream(iter(()), window=1, stride=0)
+    # peek() takes the first frame now and keeps it for the iteration (nothing read twice).
+    peeked = stream.WindowStream(((i / 10, i) for i in range(15)), window=1, stride=1)
+    assert peeked.peek() == (0.0, 0)
+    assert [w.frames for w in peeked] == [list(range(10)), list(range(10, 15))]
+    assert stream.WindowStream(iter(()), window=1, stride=1).peek() is None
 
 
 def _window_probs(runtime, *, batch=2):
