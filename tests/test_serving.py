@@ -1,12 +1,10 @@
 """The served graph: multi-view parity with the evaluation pipeline, input checks, the benchmark."""
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import vov3d_tf
 from vov3d_tf import serving, serving_bench
 from vov3d_tf.config import config_from_dict
 from vov3d_tf.data import format as fmt
@@ -20,10 +18,8 @@ MULTI = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling=
 
 
 def tiny_model(seed=1):
-    from test_export import randomized  # same randomisation as the export tests
-    keras.utils.set_random_seed(seed)
-    return randomized(vov3d_tf.create_model("vov3d_m", len(LABELS), base_width=8,
-                                            blocks=(1, 1, 1, 1), num_conv=2), seed)
+    from test_export import tiny_model as randomized_tiny_model  # the export tests' model
+    return randomized_tiny_model(len(LABELS), seed)
 
 
 def clip_jpegs(name, count=12, portrait=False):

@@ -43,8 +43,17 @@ def videos():
             for n in ("bikes.mp4", "carphone_pristine.mp4")]
 
 
-def test_spec_reads_back_from_the_export(exported):
+def test_spec_reads_back_from_the_export(exported, tmp_path):
     assert serving_client.read_spec(exported["path"]) == SPEC
+    tf.io.gfile.makedirs("ram://client")  # a copy on a filesystem without local paths
+    tf.io.gfile.copy(f"{exported['path']}/assets.extra/{serving.EXPORT_INFO_FILE}",
+                     "ram://client/info.json", overwrite=True)
+    assert serving_client.read_spec("ram://client/info.json") == SPEC
+    with pytest.raises(FileNotFoundError, match=r"missing\.json: not found"):
+        serving_client.read_spec(str(tmp_path / "missing.json"))
+    (tmp_path / "other.json").write_text('{"signatures": {}}')
+    with pytest.raises(ValueError, match=r"other\.json: no 'spec' entry"):
+        serving_client.read_spec(str(tmp_path / "other.json"))
 
 
 def test_client_sampling_equals_evaluation_of_the_whole_video(exported, videos):
@@ -63,6 +72,21 @@ def test_client_sampling_equals_evaluation_of_the_whole_video(exported, videos):
     n = len(whole)
     np.testing.assert_array_equal(serving_client.sample_indices(n, SPEC),
                                   preprocess.segment_indices(n, 4, training=False).numpy())
+
+
+def test_predict_runs_a_client_sampling_export(exported):
+    """predict's SavedModel runtime samples a --client-sampling export's frames itself and
+    sends at most the export's max_videos videos per call."""
+    from test_export import keras_probabilities
+    from vov3d_tf import predict
+
+    whole = read_video(clip_path("carphone_pristine.mp4"), short_side=SPEC.short_side)
+    videos = [whole, whole[:50]]
+    assert len(videos * 9) > SPEC.max_videos
+    probs = predict.load_runtime(exported["path"]).probabilities(videos * 9)
+    expected = keras_probabilities(exported["model"], videos, SPEC)
+    assert abs(expected[0] - expected[1]).max() > 1e-3  # the two videos differ
+    np.testing.assert_allclose(probs, np.tile(expected, (9, 1)), atol=1e-5, rtol=0)
 
 
 def test_two_requests_batched_as_tf_serving_does_equal_each_alone(exported, videos):
@@ -129,6 +153,8 @@ def test_rest_body_and_grpc_request_round_trip(exported, videos):
 
     with pytest.raises(ValueError, match="same number of frames"):
         serving_client.rest_body([videos[0], videos[0][:3]])
+    with pytest.raises(ValueError, match=r"videos \[1\] have none"):
+        serving_client.grpc_request([videos[0], []], "tiny")
     with pytest.raises(ValueError, match="server error: bad"):
         serving_client.outputs_from_rest({"error": "bad"})
     with pytest.raises(ValueError, match="missing.mp4: file not found"):

@@ -25,6 +25,7 @@ import tensorflow as tf
 from vov3d_tf import serving
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
+from conftest import TENSORFLOW_ONLY_PRELUDE
 
 LABELS = ["a", "b", "c"]
 SPEC = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=2)
@@ -33,19 +34,12 @@ ADDRESS_SPACE = 4 * 2**30  # RLIMIT_AS of the serving process (TF itself runs in
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 RUNNER = textwrap.dedent("""
-    import importlib.abc, json, pickle, resource, sys, time
+    import json, pickle, resource, sys, time
     limit = int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import numpy as np
     import tensorflow as tf
-    for name in [m for m in sys.modules if m.split('.')[0] in ('keras', 'vov3d_tf')]:
-        del sys.modules[name]
-    class Refuse(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split('.')[0] in ('keras', 'tf_keras', 'vov3d_tf'):
-                raise ImportError('this process must not import ' + name)
-    sys.meta_path.insert(0, Refuse())
-
+""") + TENSORFLOW_ONLY_PRELUDE + textwrap.dedent("""
     def status(key):
         with open('/proc/self/status') as f:
             for line in f:

@@ -66,7 +66,9 @@ def video_views(path, cfg, *, fps=None, short_side=256):
 
 
 def predict_video(model, path, cfg, *, fps=None, short_side=256):
-    """Class probabilities (K,) of one video: mean of the softmax of its test views."""
+    """Class probabilities (K,) of one video: mean of the softmax of its test views. `model`:
+    a runtime (`load_runtime`) or a Keras model; a `VideoClassifier` is BN-folded on every
+    call, so pass `KerasRuntime(model, view_kwargs(cfg))` to predict many videos."""
     engine = model if hasattr(model, "probabilities") else KerasRuntime(model, view_kwargs(cfg))
     return engine.probabilities([_read(path, fps=fps, short_side=short_side)])[0]
 
@@ -85,8 +87,42 @@ def _views_fn(kwargs):
     return views
 
 
-class KerasRuntime:
+class _EvalViewsRuntime:
+    """What the Keras and LiteRT runtimes share: each video's JPEG frames -> the config's eval
+    views (`preprocess.eval_views`) -> logits of every view (`_logits`, the runtime's own) ->
+    the mean of the view softmaxes."""
+
+    eager_first_call = False
+
+    def __init__(self, view_kwargs, num_classes, labels):
+        self.num_classes = num_classes
+        self.labels = labels
+        self.num_views = view_kwargs["num_clips"] * view_kwargs["num_crops"]
+        self._view_kwargs = view_kwargs
+        self._views = _views_fn(view_kwargs)
+        self._calls = 0
+
+    def _logits(self, flat, eager):
+        raise NotImplementedError
+
+    def probabilities(self, videos):
+        import tensorflow as tf
+        from vov3d_tf.data import preprocess
+
+        # With `eager_first_call` the first call runs eagerly (one whole file: tracing would
+        # cost more than it saves); later calls (windows of a stream) run the traced functions.
+        eager = self.eager_first_call and self._calls == 0
+        self._calls += 1
+        flat = tf.concat([preprocess.eval_views(tf.constant(v), **self._view_kwargs) if eager
+                          else self._views(tf.constant(v)) for v in videos], axis=0)  # (B*V, ...)
+        probs = tf.nn.softmax(tf.cast(self._logits(flat, eager), tf.float32), axis=-1)
+        return tf.reduce_mean(tf.reshape(probs, [len(videos), self.num_views, -1]), axis=1).numpy()
+
+
+class KerasRuntime(_EvalViewsRuntime):
     """A Keras model (BN folded when it is a `VideoClassifier`) with the eval preprocessing."""
+
+    eager_first_call = True
 
     def __init__(self, model, view_kwargs, *, labels=None):
         import tensorflow as tf
@@ -95,83 +131,39 @@ class KerasRuntime:
 
         if isinstance(model, VideoClassifier):
             model = fold_batchnorm(model)  # the fast inference form, same outputs (<= 1e-4)
-        self.num_classes = int(model.output_shape[-1])
-        self.labels = labels
-        self.num_views = view_kwargs["num_clips"] * view_kwargs["num_crops"]
-        self._views = _views_fn(view_kwargs)
+        super().__init__(view_kwargs, int(model.output_shape[-1]), labels)
         shape = [None, view_kwargs["num_frames"], view_kwargs["crop_size"],
                  view_kwargs["crop_size"], 3]
         self._model = model
-        self._view_kwargs = view_kwargs
         self._forward = tf.function(lambda x: model(x, training=False),
                                     input_signature=[tf.TensorSpec(shape, tf.float32)])
-        self._calls = 0
 
-    def probabilities(self, videos):
-        import tensorflow as tf
-        from vov3d_tf.data import preprocess
-
-        # The first call runs eagerly (one whole file: tracing would cost more than it saves);
-        # later calls (windows of a stream) run the traced functions.
-        eager = self._calls == 0
-        self._calls += 1
-        views = tf.stack([preprocess.eval_views(tf.constant(v), **self._view_kwargs) if eager
-                          else self._views(tf.constant(v)) for v in videos])  # (B, V, T, c, c, 3)
-        flat = tf.reshape(views, [-1, *views.shape[2:]])
-        logits = self._model(flat, training=False) if eager else self._forward(flat)
-        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        return tf.reduce_mean(tf.reshape(probs, [len(videos), self.num_views, -1]), axis=1).numpy()
+    def _logits(self, flat, eager):
+        return self._model(flat, training=False) if eager else self._forward(flat)
 
 
-class TFLiteRuntime:
-    """A `.tflite` clip classifier (LiteRT) with the eval preprocessing (TensorFlow ops)."""
+class TFLiteRuntime(_EvalViewsRuntime):
+    """A `.tflite` clip classifier (LiteRT, `vov3d_tf.lite.TFLiteRunner`) with the eval
+    preprocessing (TensorFlow ops). The file is read through `fileio` (local, gs://, ...)."""
 
     def __init__(self, path, view_kwargs, *, labels=None, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
+        from vov3d_tf.lite import TFLiteRunner
 
         self.path = os.fspath(path)
-        self._interpreter = Interpreter(model_path=self.path,
-                                        num_threads=num_threads or os.cpu_count() or 1)
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        shape = [int(d) for d in self._input["shape_signature"]]
+        self._runner = TFLiteRunner(fileio.read_bytes(self.path), num_threads=num_threads)
+        shape = [int(d) for d in self._runner.input["shape_signature"]]
         want = [view_kwargs["num_frames"], view_kwargs["crop_size"], view_kwargs["crop_size"], 3]
         if len(shape) != 5 or shape[1:] != want:
             raise ValueError(f"{self.path}: the model takes clips {tuple(shape)} but the config's "
                              f"test views are (views, {', '.join(map(str, want))}) "
                              f"(data.num_frames, data.test_crop_size or data.test_short_side); "
                              f"convert it for that shape or fix the config")
-        self._batch = shape[0]  # -1: dynamic
-        self.num_classes = int(self._output["shape"][-1])
-        self.labels = labels
-        self.num_views = view_kwargs["num_clips"] * view_kwargs["num_crops"]
-        self._views = _views_fn(view_kwargs)
-        self._allocated = None
+        output = self._runner.interpreter.get_output_details()[0]
+        super().__init__(view_kwargs, int(output["shape"][-1]), labels)
 
-    def _run(self, clips):
-        interpreter, index = self._interpreter, self._input["index"]
-        if self._allocated != clips.shape:
-            if self._batch == -1:
-                interpreter.resize_tensor_input(index, list(clips.shape))
-            interpreter.allocate_tensors()
-            self._allocated = clips.shape
-        interpreter.set_tensor(index, clips)
-        interpreter.invoke()
-        return interpreter.get_tensor(self._output["index"])
-
-    def probabilities(self, videos):
-        import tensorflow as tf
-        flat = np.concatenate([self._views(tf.constant(v)).numpy() for v in videos])
-        step = len(flat) if self._batch == -1 else self._batch
-        logits = []
-        for i in range(0, len(flat), step):
-            chunk = flat[i:i + step]
-            n = len(chunk)
-            if n < step:  # fixed batch: pad the last chunk, drop the padding's outputs
-                chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
-            logits.append(self._run(np.ascontiguousarray(chunk, np.float32))[:n])
-        probs = tf.nn.softmax(tf.constant(np.concatenate(logits), tf.float32), axis=-1).numpy()
-        return probs.reshape(len(videos), self.num_views, -1).mean(axis=1)
+    def _logits(self, flat, eager):
+        # Chunks of the converted batch, the last one padded (a dynamic batch runs 1 at a time).
+        return self._runner(flat.numpy())
 
 
 class SavedModelRuntime:
@@ -181,7 +173,8 @@ class SavedModelRuntime:
     def __init__(self, path):
         import tensorflow as tf
         from vov3d_tf.data.labels import read_labels
-        from vov3d_tf.serving import EXPORT_INFO_FILE, LABELS_ASSET, SIGNATURE_FRAMES
+        from vov3d_tf.serving import LABELS_ASSET, SIGNATURE_FRAMES
+        from vov3d_tf.serving_client import read_spec
 
         self.path = _saved_model_version(os.fspath(path))
         loaded = tf.saved_model.load(self.path)
@@ -190,31 +183,45 @@ class SavedModelRuntime:
                              f"{sorted(loaded.signatures)}); export it with export.py")
         self._loaded = loaded  # keeps the signature's variables alive
         self._fn = loaded.signatures[SIGNATURE_FRAMES]
-        self.labels = read_labels(os.path.join(self.path, "assets", LABELS_ASSET))
+        self.labels = read_labels(fileio.join(self.path, "assets", LABELS_ASSET))
         self.num_classes = len(self.labels)
-        self.spec = fileio.read_json(os.path.join(self.path, "assets.extra",
-                                                  EXPORT_INFO_FILE))["spec"]
+        self.spec = read_spec(self.path)  # the export's ServingSpec
 
     def probabilities(self, videos):
         import tensorflow as tf
         from vov3d_tf.data import preprocess
+        from vov3d_tf.serving_client import sample_indices
 
+        if self.spec.presampled:  # a --client-sampling export takes exactly the sampled frames
+            videos = [[v[i] for i in sample_indices(len(v), self.spec)] for v in videos]
+        cap = self.spec.limits.max_frames
+        for v in videos:  # the graph would refuse it (after all its frames were decoded here)
+            if cap is not None and len(v) > cap:
+                raise ValueError(f"{self.path}: {len(v)} frames in one video or window, over the "
+                                 f"export's cap max_frames={cap}; use shorter --window seconds, "
+                                 f"or export with a larger --max-frames or --client-sampling")
         decoded = [preprocess.decode_jpegs(tf.constant(v)) for v in videos]
         out = [None] * len(videos)
-        # One call per frame count (a batch is one uint8 array); usually all windows share it.
+        # One call per frame count (a batch is one uint8 array; usually all windows share it)
+        # and at most the export's max_videos per call.
         for shape in sorted({tuple(d.shape) for d in decoded}):
-            idx = [i for i, d in enumerate(decoded) if tuple(d.shape) == shape]
-            probs = self._fn(frames=tf.stack([decoded[i] for i in idx]))["probabilities"].numpy()
-            for i, p in zip(idx, probs):
-                out[i] = p
+            same = [i for i, d in enumerate(decoded) if tuple(d.shape) == shape]
+            for start in range(0, len(same), self.spec.max_videos):
+                idx = same[start:start + self.spec.max_videos]
+                probs = self._fn(frames=tf.stack([decoded[i] for i in idx]))["probabilities"]
+                for i, p in zip(idx, probs.numpy()):
+                    out[i] = p
         return np.stack(out)
 
 
 def _saved_model_version(path):
+    """`path` if it is a SavedModel, else its newest numbered version folder holding one."""
+    from vov3d_tf.serving import existing_versions
+
     if fileio.exists(fileio.join(path, "saved_model.pb")):
         return path
-    versions = sorted(int(n) for n in fileio.listdir(path)
-                      if n.isdigit() and fileio.exists(fileio.join(path, n, "saved_model.pb")))
+    versions = [v for v in existing_versions(path)
+                if fileio.exists(fileio.join(path, str(v), "saved_model.pb"))]
     if not versions:
         raise ValueError(f"{path}: not a SavedModel export (no saved_model.pb in it or in a "
                          f"numbered version folder)")
@@ -225,18 +232,18 @@ def load_runtime(model_path, cfg=None, *, labels=None):
     """The runtime for `model_path`: `.keras` -> KerasRuntime, `.tflite` -> TFLiteRuntime (both
     with `cfg`'s test views), a directory -> SavedModelRuntime (its own preprocessing)."""
     model_path = os.fspath(model_path)
-    if not os.path.exists(model_path):
+    if not fileio.exists(model_path):
         raise FileNotFoundError(f"weights not found: {model_path!r} (pass --weights)")
-    if os.path.isdir(model_path):
+    if fileio.isdir(model_path):
         return SavedModelRuntime(model_path)
+    if cfg is None and model_path.endswith((".tflite", ".keras")):
+        raise ValueError(f"{model_path}: a .keras or .tflite model needs the config of its test "
+                         f"views (frames, resize, crops); only a SavedModel export has its own")
     if model_path.endswith(".tflite"):
         return TFLiteRuntime(model_path, view_kwargs(cfg), labels=labels)
     if model_path.endswith(".keras"):
-        import keras
-
-        import vov3d_tf  # noqa: F401  (registers the custom layers)
-        model = keras.models.load_model(model_path, compile=False)
-        return KerasRuntime(model, view_kwargs(cfg), labels=labels)
+        from vov3d_tf.serving import load_trained_model
+        return KerasRuntime(load_trained_model(model_path), view_kwargs(cfg), labels=labels)
     raise ValueError(f"{model_path}: expected a .keras file, a .tflite file or a SavedModel "
                      f"export folder")
 
@@ -408,26 +415,28 @@ def main(argv=None):
         if not fileio.exists(args.video):
             raise FileNotFoundError(f"video not found: {args.video!r}")
         if args.labels:
-            names = read_labels(args.labels)
-        elif os.path.isdir(weights):
-            names = None  # the export's own list
+            names, source = read_labels(args.labels), f"--labels {args.labels}"
+        elif fileio.isdir(weights):
+            names, source = None, None  # the export's own list
         else:
             names = class_names(cfg)
-        probe = stream.iter_frames(args.video, short_side=args.short_side, fps=args.fps)
-        next(probe)  # an unreadable video fails here, before the model is loaded
-        probe.close()
-        engine = load_runtime(weights, cfg)
-        names = names or engine.labels
-        if names is not None and len(names) != engine.num_classes:
-            raise ValueError(f"{len(names)} labels for a model with {engine.num_classes} classes")
-        top_k = min(args.top_k, engine.num_classes)
-        if args.output:
-            writer = _Writer(args.output, top_k)
+            source = (f"data.labels_file {cfg.data.labels_file}" if cfg.data.labels_file
+                      else "the shards' manifest")
         # Without --window the whole file is one window (all its frames held, as before).
         windows = stream.sliding_windows(
             args.video, window=args.window or float("inf"),
             stride=args.stride or args.window or float("inf"), short_side=args.short_side,
             fps=args.fps)
+        windows.peek()  # an unreadable video fails here, before the model is loaded
+        engine = load_runtime(weights, cfg)
+        if names is None:
+            names, source = engine.labels, f"{weights} (its labels)"
+        if names is not None and len(names) != engine.num_classes:
+            raise ValueError(f"{source}: {len(names)} labels for a model with "
+                             f"{engine.num_classes} classes ({weights})")
+        top_k = min(args.top_k, engine.num_classes)
+        if args.output:
+            writer = _Writer(args.output, top_k)
         total, count = None, 0
         for w, p in predict_windows(engine, windows, batch=args.batch):
             total = p.astype(np.float64) if total is None else total + p

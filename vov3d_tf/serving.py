@@ -524,6 +524,11 @@ def load_trained_model(weights, model_cfg=None):
             raise ValueError(f"{weights}: a .weights.h5 file needs the config's architecture; "
                              f"pass a .keras model")
         model = model_from_config(model_cfg)
-        model.load_weights(weights)
+        try:
+            model.load_weights(weights)
+        except ValueError as e:  # Keras' message names the layer and shapes, not the file
+            raise ValueError(f"{weights}: does not fit the config's model ({model_cfg.name}, "
+                             f"model.num_classes={model_cfg.num_classes}): "
+                             f"{' '.join(str(e).split())[:400]}") from None
         return model
     raise ValueError(f"{weights}: expected a .keras model or a .weights.h5 file")

@@ -21,7 +21,6 @@ and prints p50/p95 in milliseconds. The goal: SavedModel inference excluding JPE
 import argparse
 import glob
 import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -78,12 +77,12 @@ def run(model, spec, frames, *, repeats=30, warmup=3, workdir=None):
     from vov3d_tf.serving import encode_jpegs, export_saved_model
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        folded = fold_batchnorm(model)  # once: the export keeps an already folded model as is
         labels = [f"class_{i}" for i in range(int(model.output_shape[-1]))]
-        path = export_saved_model(model, os.path.join(tmp, "bench"), labels, spec, warmup=False)
+        path = export_saved_model(folded, os.path.join(tmp, "bench"), labels, spec, warmup=False)
         loaded = tf.saved_model.load(path)
         serve_jpeg = loaded.signatures["serving_default"]
         serve_frames = loaded.signatures["serve_frames"]
-        folded = fold_batchnorm(model)
 
         @tf.function
         def keras_frames(video):
@@ -136,13 +135,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     runtime.configure()  # TF process settings, before the first tensor
 
-    import keras
-
     import vov3d_tf
-    from vov3d_tf.serving import ServingSpec
+    from vov3d_tf import fileio
+    from vov3d_tf.serving import ServingSpec, load_trained_model
 
     if args.weights:
-        model = keras.models.load_model(args.weights, compile=False)
+        model = load_trained_model(args.weights)
         name = os.path.basename(args.weights)
     elif args.tiny:
         model = vov3d_tf.create_model("vov3d_m", args.num_classes, base_width=8,
@@ -169,11 +167,10 @@ def main(argv=None):
           f"(goal <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'}); frames at crop size: "
           f"{ratio_at_crop:.3f}; JPEG decode adds {decode:.1f} ms")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": name, "frames": args.frames, "crop": args.crop,
-                       "short_side": args.short_side, "source": source, "results": results,
-                       "ratio_excluding_decode": ratio, "ratio_at_crop": ratio_at_crop}, f,
-                      indent=2)
+        fileio.write_json(args.json, {
+            "model": name, "frames": args.frames, "crop": args.crop,
+            "short_side": args.short_side, "source": source, "results": results,
+            "ratio_excluding_decode": ratio, "ratio_at_crop": ratio_at_crop}, indent=2)
     return 0
 
 

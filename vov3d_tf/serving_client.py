@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from vov3d_tf import serving
+from vov3d_tf import fileio, serving
 
 __all__ = ["read_spec", "sample_indices", "sample_frames", "rest_body", "grpc_request",
            "outputs_from_rest", "outputs_from_grpc"]
@@ -32,13 +32,18 @@ __all__ = ["read_spec", "sample_indices", "sample_frames", "rest_body", "grpc_re
 
 def read_spec(saved_model_dir_or_info):
     """The `ServingSpec` recorded at export: a SavedModel version folder or its
-    `export_info.json`."""
-    path = saved_model_dir_or_info
-    if os.path.isdir(path):
-        path = os.path.join(path, "assets.extra", serving.EXPORT_INFO_FILE)
-    with open(path) as f:
-        info = json.load(f)
-    if "spec" not in info:
+    `export_info.json` (local or any `fileio` path)."""
+    path = os.fspath(saved_model_dir_or_info)
+    if fileio.isdir(path):
+        path = fileio.join(path, "assets.extra", serving.EXPORT_INFO_FILE)
+    if not fileio.exists(path):
+        raise FileNotFoundError(f"{path}: not found (expected a SavedModel version folder or "
+                                f"its assets.extra/{serving.EXPORT_INFO_FILE})")
+    try:
+        info = fileio.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON: {e}") from None
+    if not isinstance(info, dict) or "spec" not in info:
         raise ValueError(f"{path}: no 'spec' entry (not written by vov3d_tf export)")
     return serving.ServingSpec(**info["spec"])
 
@@ -70,8 +75,11 @@ def sample_frames(path, spec, *, fps=None, jpeg_quality=90):
 
 def _videos(videos):
     videos = [list(v) for v in videos]
-    if not videos or any(not v for v in videos):
-        raise ValueError("send at least one video, each with at least one frame")
+    if not videos:
+        raise ValueError("send at least one video, got none")
+    empty = [i for i, v in enumerate(videos) if not v]
+    if empty:
+        raise ValueError(f"every video needs at least one frame; videos {empty} have none")
     if len({len(v) for v in videos}) > 1:
         raise ValueError(f"all videos of one request need the same number of frames (a dense "
                          f"tensor), got {[len(v) for v in videos]}")

@@ -1,9 +1,10 @@
 """Long videos as a stream: frames decoded one at a time, and sliding windows over them.
 
-`iter_frames` yields the frames of a video file exactly as `video_io.read_video` returns them
-(the shard builder's frame policy: short side resized with Pillow's bilinear filter, optional
-resampling to `fps` by timestamp, JPEG at `jpeg_quality`), each with its time in seconds from
-the first frame, without ever holding more than the current frame.
+`iter_frames` yields the frames of a video file (local, gs://, ram://, ...: read through
+`fileio`) exactly as `video_io.read_video` returns them (the shard builder's frame policy: short
+side resized with Pillow's bilinear filter, optional resampling to `fps` by timestamp, JPEG at
+`jpeg_quality`), each with its time in seconds from the first frame, without ever holding more
+than the current frame.
 
 `sliding_windows` groups such a stream into windows `[start, start + window)` starting every
 `stride` seconds (from 0, the first frame). It keeps only the frames of the window being filled
@@ -14,8 +15,9 @@ window when `stride <= window`. Windows that would hold no frame are skipped.
 """
 import collections
 import dataclasses
-import os
+import itertools
 
+from vov3d_tf import fileio
 from vov3d_tf.data.video_io import VideoError, encode_image, output_size
 
 __all__ = ["Window", "iter_frames", "sliding_windows", "WindowStream"]
@@ -41,13 +43,15 @@ def iter_frames(path, *, short_side=256, fps=None, jpeg_quality=90):
     Raises `VideoError` with the reason (as `read_video`), also for a failure mid-stream.
     """
     import av
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise VideoError("file not found")
-    if os.path.getsize(path) == 0:
+    if fileio.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
+    handle = fileio.open(path, "rb")  # local, gs://, ram://, ...: PyAV reads the gfile handle
     try:
-        container = av.open(path)
+        container = av.open(handle)
     except Exception as e:  # noqa: BLE001  (PyAV raises many error types; all mean "unreadable")
+        handle.close()
         raise VideoError(f"cannot open: {type(e).__name__}: {e}") from None
     emitted = 0
     try:
@@ -99,6 +103,7 @@ def iter_frames(path, *, short_side=256, fps=None, jpeg_quality=90):
                          f"{e}") from None
     finally:
         container.close()
+        handle.close()
     if not emitted:
         raise VideoError("no frames decoded")
 
@@ -122,6 +127,15 @@ class WindowStream:
         self.num_frames = 0
         self.duration = 0.0
         self.max_buffered = 0
+
+    def peek(self):
+        """The first (time, frame) of the stream, taken now (an unreadable video fails here with
+        its `VideoError`) and kept for the iteration, so nothing is decoded twice; None for an
+        empty stream."""
+        frames = iter(self._frames)
+        first = next(frames, None)
+        self._frames = frames if first is None else itertools.chain([first], frames)
+        return first
 
     def _start(self, j):
         return j * self.stride if j else 0.0  # (an infinite stride: one window)
