@@ -16,7 +16,7 @@ not import TensorFlow):
 
 Why: a process that imports TensorFlow holds ~650 MiB before the first tensor (its libraries),
 while LiteRT with XNNPACK needs ~35 MiB and plans every activation buffer ahead, so a whole
-VoV3D-M 16x224x224 inference peaks at ~195 MiB at batch 1 (see README for the measured figures).
+VoV3D-M 16x224x224 inference peaks at ~160-195 MiB at batch 1 (see README for the measured figures).
 Outputs equal the Keras model's to float32 rounding (tested against the official logits).
 Fixed shapes: convert once per deployed clip shape and batch size; `--batch 0` keeps the batch
 dimension dynamic (resize it with `interpreter.resize_tensor_input`), which is slower.
