@@ -17,8 +17,7 @@ import collections
 import dataclasses
 import itertools
 
-from vov3d_tf import fileio
-from vov3d_tf.data.video_io import VideoError, encode_image, output_size
+from vov3d_tf.data.video_io import iter_video
 
 __all__ = ["Window", "iter_frames", "sliding_windows", "WindowStream"]
 
@@ -38,74 +37,12 @@ class Window:
 
 def iter_frames(path, *, short_side=256, fps=None, jpeg_quality=90):
     """(time in seconds from the first frame, JPEG bytes) for every frame `read_video(path,
-    short_side=, fps=, jpeg_quality=)` returns, in order, decoding as it goes.
+    short_side=, fps=, jpeg_quality=)` returns, in order, decoding as it goes (the shard
+    builder's own reader, `video_io.iter_video`).
 
     Raises `VideoError` with the reason (as `read_video`), also for a failure mid-stream.
     """
-    import av
-    if not fileio.exists(path):
-        raise VideoError("file not found")
-    if fileio.getsize(path) == 0:
-        raise VideoError("empty file (0 bytes)")
-    handle = fileio.open(path, "rb")  # local, gs://, ram://, ...: PyAV reads the gfile handle
-    try:
-        container = av.open(handle)
-    except Exception as e:  # noqa: BLE001  (PyAV raises many error types; all mean "unreadable")
-        handle.close()
-        raise VideoError(f"cannot open: {type(e).__name__}: {e}") from None
-    emitted = 0
-    try:
-        if not container.streams.video:
-            raise VideoError("no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = float(stream.average_rate or stream.guessed_rate or 30)
-        step = None if fps is None else 1.0 / fps
-        size = None
-        t0, k, prev, prev_jpeg, last_t = None, 0, None, None, None
-
-        def encode(frame):
-            nonlocal size
-            image = frame.to_image()
-            if size is None:
-                size = output_size(image.width, image.height, short_side)
-            return encode_image(image, size, jpeg_quality)
-
-        for i, frame in enumerate(container.decode(stream)):
-            t = frame.time if frame.time is not None else i / rate
-            if t0 is None:
-                t0 = t
-            if step is None:
-                emitted += 1
-                yield t - t0, encode(frame)
-            else:
-                # Output frame k shows the latest frame with pts <= t0 + k / fps.
-                while prev is not None and t0 + k * step < t:
-                    if prev_jpeg is None:
-                        prev_jpeg = encode(prev)  # encoded once, however often it repeats
-                    emitted += 1
-                    yield k * step, prev_jpeg
-                    k += 1
-                prev, prev_jpeg = frame, None
-            last_t = t
-        if step is not None and prev is not None:
-            stop = last_t + 1.0 / rate
-            while t0 + k * step < stop:
-                if prev_jpeg is None:
-                    prev_jpeg = encode(prev)
-                emitted += 1
-                yield k * step, prev_jpeg
-                k += 1
-    except VideoError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise VideoError(f"decoding failed after {emitted} frames: {type(e).__name__}: "
-                         f"{e}") from None
-    finally:
-        container.close()
-        handle.close()
-    if not emitted:
-        raise VideoError("no frames decoded")
+    return iter_video(path, short_side=short_side, fps=fps, jpeg_quality=jpeg_quality)
 
 
 class WindowStream:

@@ -59,18 +59,31 @@ def read_video_with_rate(path, *, short_side=256, fps=None, start=None, end=None
                          jpeg_quality=90):
     """(JPEG frames, stored frame rate): the rate is `fps` when resampling, else the stream's
     average frame rate (None if the container does not give one)."""
+    info = {}
+    frames = [jpeg for _, jpeg in iter_video(path, short_side=short_side, fps=fps, start=start,
+                                             end=end, jpeg_quality=jpeg_quality, info=info)]
+    return frames, info["stored_rate"]
+
+
+def iter_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_quality=90,
+               info=None):
+    """The frames `read_video` returns, decoded as they are iterated: (time, JPEG bytes) pairs,
+    time in seconds from the first kept frame (`k / fps` when resampling). `info`, a dict, gets
+    "stored_rate" (as `read_video_with_rate`) once the video is open. Raises VideoError with the
+    reason, also for a failure mid-stream. One pass; memory is one frame (and the one on screen
+    while resampling), whatever the video's length."""
     import av
     if not fileio.exists(path):
         raise VideoError("file not found")
     if fileio.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
-    handle = fileio.open(path, "rb")
+    handle = fileio.open(path, "rb")  # local, gs://, ram://, ...: PyAV reads the gfile handle
     try:
         container = av.open(handle)
     except Exception as e:  # noqa: BLE001  (PyAV raises many error types; all mean "unreadable")
         handle.close()
         raise VideoError(f"cannot open: {type(e).__name__}: {e}") from None
-    frames = []
+    emitted = 0
     try:
         if not container.streams.video:
             raise VideoError("no video stream")
@@ -78,21 +91,22 @@ def read_video_with_rate(path, *, short_side=256, fps=None, start=None, end=None
         stream.thread_type = "AUTO"
         native = stream.average_rate or stream.guessed_rate
         rate = float(native or 30)
-        stored_rate = float(fps) if fps is not None else (
-            round(float(native), 3) if native else None)
+        if info is not None:
+            info["stored_rate"] = float(fps) if fps is not None else (
+                round(float(native), 3) if native else None)
         if start:
             # Seek to the keyframe before `start`; frames before it are skipped by time below.
             container.seek(int(start / stream.time_base), stream=stream, backward=True)
         size = None
         step = None if fps is None else 1.0 / fps
-        t0, k, prev, last_t = None, 0, None, None
+        t0, k, prev, prev_jpeg, last_t = None, 0, None, None, None
 
-        def emit(frame):
+        def encode(frame):
             nonlocal size
             image = frame.to_image()
             if size is None:
                 size = output_size(image.width, image.height, short_side)
-            frames.append(encode_image(image, size, jpeg_quality))
+            return encode_image(image, size, jpeg_quality)
 
         for i, frame in enumerate(container.decode(stream)):
             t = frame.time if frame.time is not None else i / rate
@@ -102,30 +116,40 @@ def read_video_with_rate(path, *, short_side=256, fps=None, start=None, end=None
                 prev = frame  # on screen at `start` if the next frame comes later
                 continue
             if step is None:
-                emit(frame)
+                t0 = t if t0 is None else t0
+                emitted += 1
+                yield t - t0, encode(frame)
             else:
                 if t0 is None:
                     t0 = start if (start is not None and prev is not None) else t
+                # Output frame k shows the latest frame with pts <= t0 + k / fps.
                 while prev is not None and t0 + k * step < t:
-                    emit(prev)
+                    if prev_jpeg is None:
+                        prev_jpeg = encode(prev)  # encoded once, however often it repeats
+                    emitted += 1
+                    yield k * step, prev_jpeg
                     k += 1
+                prev_jpeg = None
             prev, last_t = frame, t
         if step is not None and prev is not None and last_t is not None:
             stop = end if end is not None else last_t + 1.0 / rate
             t0 = last_t if t0 is None else t0
             while t0 + k * step < stop:
-                emit(prev)
+                if prev_jpeg is None:
+                    prev_jpeg = encode(prev)
+                emitted += 1
+                yield k * step, prev_jpeg
                 k += 1
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise VideoError(f"decoding failed after {len(frames)} frames: {type(e).__name__}: {e}") from None
+        raise VideoError(f"decoding failed after {emitted} frames: {type(e).__name__}: "
+                         f"{e}") from None
     finally:
         container.close()
         handle.close()
-    if not frames:
+    if not emitted:
         raise VideoError("no frames decoded" + (f" in [{start}, {end}) s" if start is not None else ""))
-    return frames, stored_rate
 
 
 def read_frame_folder(path, *, short_side=256, jpeg_quality=90):
