@@ -138,6 +138,27 @@ def test_freeze_backbone_run_trains_only_the_head(tmp_path):
         training.run(other, datasets=(_data(12).repeat(), _data(4, views=True)), verbose=0)
 
 
+def test_freeze_s3_run_trains_stage_4_onward(tmp_path):  # 3 training steps, about 10 s
+    # Freezing up to a stage: stem, s2 and s3 (weights and BN statistics) keep the source's
+    # values; every layer with weights from s4 on trains.
+    src, path = _source(tmp_path)
+    out = tmp_path / "run"
+    training.run(_cfg(out, init_weights=path, freeze="s3"),
+                 datasets=(_data(12).repeat(), _data(4, views=True)), verbose=0)
+    import keras
+    trained = keras.models.load_model(out / "last.keras", compile=False)
+    changed = {}
+    for layer in trained.layers:
+        if layer.weights:
+            changed[layer.name] = not all(np.array_equal(a, b) for a, b in zip(
+                layer.get_weights(), src.get_layer(layer.name).get_weights()))
+    frozen = [n for n in changed if n.startswith(("stem_", "s2_", "s3_"))]
+    free = [n for n in changed if n not in frozen]
+    assert len(frozen) > 20 and len(free) > 20, (len(frozen), len(free))
+    assert not any(changed[n] for n in frozen), [n for n in frozen if changed[n]]
+    assert all(changed[n] for n in free), [n for n in free if not changed[n]]
+
+
 def test_steps_with_relative_lrs_by_hand():
     # the K400 -> SSv2 fine-tune (§12): 0.05, x[1, 0.1, 0.01] from epochs [0, 35, 45], 50
     # epochs, 0.19-epoch warm-up from 1e-4; here 10 steps per epoch (warm-up: 2 steps)
