@@ -35,6 +35,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 from vov3d_tf import runtime
 
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
@@ -72,8 +74,6 @@ def _converter(model, frames, height, width, batch_size):
 def _representative_dataset(calibration, shape):
     """A re-iterable representative dataset over `calibration` (clips (T, H, W, 3) or batches of
     them), yielding model-shaped float32 batches; counts the clips it yielded."""
-    import numpy as np
-
     batch = shape[0] or 1
 
     class Clips:
@@ -110,15 +110,13 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantiz
       "int8" (weights and activations int8 with scales calibrated on `calibration`; float32
       input and output).
     calibration: for "int8" only: clips (T, H, W, 3), or batches of them, as the model takes
-      them (normalized), e.g. `calibration_clips(shards, ...)`; an iterable or a function
+      them (normalized), e.g. `EvalClips(shards, ..., max_clips=200)`; an iterable or a function
       returning one. A few hundred eval views of your own data is typical.
     float_ops: for "int8": TFLite op names (e.g. "MEAN", "LOGISTIC") kept in float32
       (default `INT8_FLOAT_OPS`).
     float_nodes: for "int8": regular expressions; ops whose output tensor name (the Keras layer
       path, e.g. "s3_b0_u2_se_fc1") matches one stay in float32 (default `INT8_FLOAT_NODES`).
     """
-    import tensorflow as tf
-
     width = height if width is None else width
     _check_shape(frames, height, width, batch_size)
     if quantize is not None and quantize not in QUANTIZE_MODES:
@@ -236,7 +234,9 @@ class EvalClips:
 
 class TFLiteRunner:
     """One LiteRT interpreter kept for many calls: `runner(clips)` -> logits for any number of
-    clips, fed in chunks of the converted batch (the last one padded)."""
+    clips: fed in chunks of the converted batch (the last one padded), or all at once when the
+    batch was converted dynamic (`batch_size=None`; the input is resized when the count
+    changes). Clips that do not fit the converted clip shape are a ValueError naming both."""
 
     def __init__(self, path_or_bytes, *, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
@@ -248,13 +248,29 @@ class TFLiteRunner:
             self.interpreter = Interpreter(model_path=os.fspath(path_or_bytes), **kwargs)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]["index"]
+        self.signature = [int(d) for d in self.input["shape_signature"]]
+        self.dynamic = self.signature[0] == -1
         self.interpreter.allocate_tensors()
 
-    def __call__(self, clips):
-        import numpy as np
+    def _invoke(self, chunk):
+        self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(chunk))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output)
 
+    def __call__(self, clips):
         clips = np.asarray(clips, np.float32)
-        batch = int(self.input["shape"][0])
+        expected = self.signature
+        if len(expected) != clips.ndim or any(e not in (-1, c) for e, c in
+                                              zip(expected[1:], clips.shape[1:])):
+            raise ValueError(f"clips of shape {tuple(clips.shape)} do not fit the model's input "
+                             f"{tuple(expected)} (-1: any); convert it for this shape")
+        if self.dynamic:
+            if list(self.input["shape"]) != list(clips.shape):
+                self.interpreter.resize_tensor_input(self.input["index"], list(clips.shape))
+                self.interpreter.allocate_tensors()
+                self.input = self.interpreter.get_input_details()[0]
+            return self._invoke(clips).copy()
+        batch = expected[0]
         out = []
         for start in range(0, len(clips), batch):
             chunk = clips[start:start + batch]
@@ -262,9 +278,7 @@ class TFLiteRunner:
             if n < batch:
                 chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:],
                                                         np.float32)])
-            self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(chunk))
-            self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self.output)[:n].copy())
+            out.append(self._invoke(chunk)[:n].copy())
         return np.concatenate(out)
 
 
@@ -302,8 +316,6 @@ def compare(reference, candidates, eval_clips, *, max_videos=None, num_threads=N
     Videos with hidden labels (-1) count in the agreements only; top-1/top-5 are then over the
     labelled videos ("labelled_videos"), None when there are none.
     """
-    import numpy as np
-
     from vov3d_tf.evaluation import multi_view_scores, topk_accuracy
 
     runners = {"reference": _as_runner(reference, num_threads)}
@@ -358,8 +370,6 @@ def clear_agreement(reference, candidate, factor=3.0):
     A model whose top two classes are nearly tied on a clip flips its top-1 under any small
     perturbation (even fp16 weights do, on an untrained net); on the clear clips a flip is a real
     error. Agreement is None when no clip is clear."""
-    import numpy as np
-
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     rmse = float(np.sqrt(np.mean((candidate - reference) ** 2)))
     top2 = np.sort(reference, axis=-1)[:, -2:]
@@ -371,30 +381,9 @@ def clear_agreement(reference, candidate, factor=3.0):
 
 
 def run_tflite(path_or_bytes, clips, *, num_threads=None):
-    """Logits of a `.tflite` model (path or bytes) for float32 `clips`, via LiteRT.
-
-    The input batch must match the converted one unless it was converted with a dynamic batch.
-    """
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    kwargs = {"num_threads": num_threads or os.cpu_count() or 1}
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        interpreter = Interpreter(model_content=bytes(path_or_bytes), **kwargs)
-    else:
-        interpreter = Interpreter(model_path=os.fspath(path_or_bytes), **kwargs)
-    detail = interpreter.get_input_details()[0]
-    clips = np.ascontiguousarray(clips, dtype=np.float32)
-    expected = [int(d) for d in detail["shape_signature"]]
-    if len(expected) != clips.ndim or any(e not in (-1, c) for e, c in zip(expected, clips.shape)):
-        raise ValueError(f"clips of shape {tuple(clips.shape)} do not fit the model's input "
-                         f"{tuple(expected)} (-1: any); convert it for this shape")
-    if list(detail["shape"]) != list(clips.shape):
-        interpreter.resize_tensor_input(detail["index"], list(clips.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], clips)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    """Logits of a `.tflite` model (path or bytes) for float32 `clips`, via LiteRT (one
+    `TFLiteRunner` call: any number of clips, whatever batch the file was converted for)."""
+    return TFLiteRunner(path_or_bytes, num_threads=num_threads)(clips)
 
 
 def _ops(value):
