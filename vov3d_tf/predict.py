@@ -162,7 +162,7 @@ class TFLiteRuntime(_EvalViewsRuntime):
         super().__init__(view_kwargs, int(output["shape"][-1]), labels)
 
     def _logits(self, flat, eager):
-        # Chunks of the converted batch, the last one padded (a dynamic batch runs 1 at a time).
+        # Chunks of the converted batch, the last one padded (a dynamic batch: all at once).
         return self._runner(flat.numpy())
 
 
