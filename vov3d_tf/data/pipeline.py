@@ -86,10 +86,18 @@ def resolve_files(file_pattern, split=None):
     and compression come from a manifest.json beside the files when there is one; otherwise
     compression is "GZIP" for names ending in .gz.
     """
+    files, compression, _ = _resolve(file_pattern, split)
+    return files, compression
+
+
+def _resolve(file_pattern, split=None):
+    """`resolve_files`, and {path: (split, manifest path)} for those files that belong to a
+    split whose labels are hidden (manifest `hidden_labels`: a test split written by
+    build_shards), from the same manifest reads."""
     if isinstance(file_pattern, (list, tuple)):
         paths = [os.fspath(p) for p in file_pattern]
     elif isinstance(file_pattern, os.PathLike):
-        return resolve_files(os.fspath(file_pattern), split)
+        return _resolve(os.fspath(file_pattern), split)
     elif fileio.isdir(file_pattern):
         if split is None:
             raise ValueError(f"{file_pattern!r} is a directory: pass split= (one of its manifest's "
@@ -102,23 +110,28 @@ def resolve_files(file_pattern, split=None):
     missing = [p for p in paths if not fileio.exists(p)]
     if missing:
         raise FileNotFoundError(f"shard files not found: {missing}")
-    expected, compression = {}, {}
+    expected, compression, hidden_splits = {}, {}, {}
     for directory in sorted({fileio.dirname(fileio.abspath(p)) for p in paths}):
-        if not fileio.exists(shards.manifest_path(directory)):
+        manifest = shards.manifest_path(directory)
+        if not fileio.exists(manifest):
             continue
-        for entry in shards.read_manifest(directory)["splits"].values():
+        for name, entry in shards.read_manifest(directory)["splits"].items():
             for s in entry["shards"]:
                 key = fileio.join(directory, s["file"])
                 expected[key] = int(s["records"])
                 compression[key] = entry.get("compression", "")
-    files, kinds = [], set()
+                if entry.get("hidden_labels"):
+                    hidden_splits[key] = (name, manifest)
+    files, kinds, hidden = [], set(), {}
     for p in paths:
         key = fileio.abspath(p)
         files.append((p, expected.get(key, -1)))
         kinds.add(compression.get(key, "GZIP" if p.endswith(fmt.GZIP_SUFFIX) else ""))
+        if key in hidden_splits:
+            hidden[p] = hidden_splits[key]
     if len(kinds) > 1:
         raise ValueError(f"{file_pattern!r} mixes compressed and uncompressed shards")
-    return files, kinds.pop()
+    return files, kinds.pop(), hidden
 
 
 def _read_file(path, expected, *, compression, on_corrupt, counts_known):
@@ -237,11 +250,12 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
     seeds = [int(s) for s in np.random.SeedSequence(0 if seed is None else seed).generate_state(3)]
     file_seed, record_seed, aug_seed = seeds if seed is not None else (None, None, None)
 
+    all_files, compression, hidden = _resolve(file_pattern, split)
     if training:
-        check_labelled(file_pattern, split)
-    files, compression = _shard_files(file_pattern, split, num_shards, shard_index)
+        _refuse_hidden(hidden, len(all_files), file_pattern, "training")
+    files = _shard_files(all_files, file_pattern, num_shards, shard_index)
     check_record_keys(files[0][0], compression, image_key, label_key, need_label=training)
-    hidden_files = () if training else tuple(sorted(hidden_label_files([p for p, _ in files])))
+    hidden_files = () if training else tuple(sorted(p for p, _ in files if p in hidden))
     if sampling == "dense":
         check_frame_rate([p for p, _ in files], sampling_rate, num_frames)
     ds = _read_records(files, compression, on_corrupt=on_corrupt, shuffle=shuffle,
@@ -282,15 +296,14 @@ def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=N
 # The steps of make_dataset: files -> records -> (seeded) parse, corrupt records handled
 # ----------------------------------------------------------------------------------------------
 
-def _shard_files(file_pattern, split, num_shards, shard_index):
-    """This input pipeline's [(path, expected records)] (file-level sharding) and compression."""
-    files, compression = resolve_files(file_pattern, split)
+def _shard_files(files, file_pattern, num_shards, shard_index):
+    """This input pipeline's [(path, expected records)] of `files` (file-level sharding)."""
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
     if len(files) < num_shards:
         raise ValueError(f"{len(files)} shard files for {num_shards} input pipelines: file-level "
                          f"sharding needs at least one file per pipeline ({file_pattern!r})")
-    return files[shard_index::num_shards], compression
+    return files[shard_index::num_shards]
 
 
 def _read_records(files, compression, *, on_corrupt, shuffle, shuffle_buffer, file_seed,
@@ -387,33 +400,19 @@ def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, dete
                                                        *(y if with_filename else (y,))))
 
 
-def hidden_label_files(paths):
-    """{path: (split, manifest path)} for those of `paths` that belong to a split whose labels
-    are hidden (manifest `hidden_labels`: a test split written by build_shards)."""
-    keys = {fileio.abspath(p): p for p in paths}
-    found = {}
-    for directory in sorted({fileio.dirname(k) for k in keys}):
-        manifest = shards.manifest_path(directory)
-        if not fileio.exists(manifest):
-            continue
-        for split, names in shards.hidden_label_splits(directory).items():
-            for name in names:
-                path = keys.get(fileio.join(directory, name))
-                if path is not None:
-                    found[path] = (split, manifest)
-    return found
-
-
 def check_labelled(file_pattern, split=None, purpose="training"):
     """A ValueError naming the file, split and manifest if any shard of `file_pattern` belongs
     to a split whose labels are hidden (they can be evaluated and predicted, not trained on)."""
-    files, _ = resolve_files(file_pattern, split)
-    hidden = hidden_label_files([p for p, _ in files])
+    files, _, hidden = _resolve(file_pattern, split)
+    _refuse_hidden(hidden, len(files), file_pattern, purpose)
+
+
+def _refuse_hidden(hidden, num_files, file_pattern, purpose):
     if hidden:
         path, (name, manifest) = sorted(hidden.items())[0]
         raise ValueError(f"{path}: split {name!r} has hidden labels ({manifest}: "
                          f"\"hidden_labels\": true, a test split); {purpose} needs labelled "
-                         f"shards ({len(hidden)} of the {len(files)} files of {file_pattern!r} "
+                         f"shards ({len(hidden)} of the {num_files} files of {file_pattern!r} "
                          f"are unlabelled)")
 
 

@@ -161,13 +161,6 @@ def split_entry(shards, skipped, num_classes, compression, params, *, hidden_lab
     return entry
 
 
-def hidden_label_splits(directory):
-    """{split: [shard file names]} of the directory's splits whose labels are hidden."""
-    manifest = read_manifest(directory)
-    return {split: [s["file"] for s in entry["shards"]]
-            for split, entry in manifest["splits"].items() if entry.get("hidden_labels")}
-
-
 def split_files(directory, split):
     """Full paths of a split's shards, listed by the manifest; errors name what is missing."""
     manifest = read_manifest(directory)
