@@ -105,8 +105,28 @@ def reference_sgd(model, learning_rate, momentum=0.9, nesterov=True, weight_deca
                         decay_exclude=reference_decay_exclusions(model) if weight_decay else ())
 
 
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """A per-step LR policy (`_policy(step)`, the subclass's) after PySlowFast's linear warm-up:
+    from `warmup_start_lr` at step 0 to the policy's own value at `warmup_steps`."""
+
+    warmup_steps = 0
+    warmup_start_lr = 0.0
+
+    def _policy(self, step):
+        raise NotImplementedError
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        lr = self._policy(step)
+        if self.warmup_steps <= 0:
+            return lr
+        end = self._policy(tf.constant(float(self.warmup_steps)))
+        warm = self.warmup_start_lr + (end - self.warmup_start_lr) * step / self.warmup_steps
+        return tf.where(step < self.warmup_steps, warm, lr)
+
+
 @keras.saving.register_keras_serializable(package="vov3d_tf")
-class WarmupStepsDecay(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupStepsDecay(LinearWarmup):
     """PySlowFast's `steps_with_relative_lrs` policy with linear warm-up, per step (§12)::
 
         lr(s) = peak * relative[i]      for the last i with lr_steps[i] <= s / steps_per_epoch
@@ -134,15 +154,6 @@ class WarmupStepsDecay(keras.optimizers.schedules.LearningRateSchedule):
         index = tf.reduce_sum(tf.cast(epoch >= tf.constant(self.lr_steps[1:] or [1e30]),
                                       tf.int32)) if len(self.lr_steps) > 1 else 0
         return self.peak_lr * tf.gather(tf.constant(self.lr_relative), index)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        lr = self._policy(step)
-        if self.warmup_steps <= 0:
-            return lr
-        end = self._policy(tf.constant(float(self.warmup_steps)))
-        warm = self.warmup_start_lr + (end - self.warmup_start_lr) * step / self.warmup_steps
-        return tf.where(step < self.warmup_steps, warm, lr)
 
     def get_config(self):
         return {"peak_lr": self.peak_lr, "steps_per_epoch": self.steps_per_epoch,

@@ -99,7 +99,7 @@ def scaled_learning_rate(train_cfg):
 
 
 @keras.saving.register_keras_serializable(package="vov3d_tf")
-class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+class WarmupCosineDecay(optim.LinearWarmup):
     """PySlowFast's cosine policy with linear warm-up, per step (ARCHITECTURE.md §12)::
 
         lr(s) = 0.5 * peak * (1 + cos(pi * s / total))                       s >= warmup
@@ -114,18 +114,9 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = int(warmup_steps)
         self.warmup_start_lr = float(warmup_start_lr)
 
-    def _cosine(self, step):
+    def _policy(self, step):
         frac = tf.minimum(step / float(max(self.total_steps, 1)), 1.0)
         return 0.5 * self.peak_lr * (1.0 + tf.cos(math.pi * frac))
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        cosine = self._cosine(step)
-        if self.warmup_steps <= 0:
-            return cosine
-        end = self._cosine(tf.constant(float(self.warmup_steps)))
-        warm = self.warmup_start_lr + (end - self.warmup_start_lr) * step / self.warmup_steps
-        return tf.where(step < self.warmup_steps, warm, cosine)
 
     def get_config(self):
         return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
