@@ -1,8 +1,8 @@
-"""vov3d_tf.adapters: a Config becomes exactly the plain arguments the builders take."""
-import inspect
-
+"""vov3d_tf.adapters: a Config becomes exactly the plain arguments and specs the builders take."""
 from vov3d_tf import adapters
 from vov3d_tf.config import config_from_dict
+from vov3d_tf.data import format as fmt
+from vov3d_tf.data.specs import EvalViews, ReadOptions, TrainClip
 
 
 def test_model_overrides_keep_variant_defaults_for_null_keys():
@@ -18,25 +18,28 @@ def test_model_overrides_keep_variant_defaults_for_null_keys():
     assert model.frames_shape == (4, 32, 32, 3)
 
 
-def test_view_kwargs_and_test_crop_fallback():
+def test_eval_views_and_test_crop_fallback():
     cfg = config_from_dict({"data": {"num_frames": 8, "test_short_side": 64},
                             "eval": {"num_clips": 2, "num_crops": 3}})
-    assert adapters.eval_crop_size(cfg.data) == 64  # null test_crop_size = the short side
-    multi = adapters.eval_view_kwargs(cfg)
-    assert multi == dict(num_frames=8, crop_size=64, sampling="segment", sampling_rate=1,
-                         short_side=64, num_clips=2, num_crops=3)
-    single = adapters.eval_view_kwargs(cfg, multi_view=False)
-    assert (single["num_clips"], single["num_crops"]) == (1, 1)
+    multi = adapters.eval_views(cfg)
+    assert multi == EvalViews(num_frames=8, short_side=64, crop_size=None, sampling="segment",
+                              sampling_rate=1, num_clips=2, num_crops=3)
+    assert multi.crop == 64  # null test_crop_size = the short side
+    single = adapters.eval_views(cfg, multi_view=False)
+    assert (single.num_clips, single.num_crops, single.crop) == (1, 1, 64)
     cropped = config_from_dict({"data": {"test_short_side": 64, "test_crop_size": 48}})
-    assert adapters.eval_dataset_kwargs(cropped)["test_crop_size"] == 48
+    assert adapters.eval_views(cropped).crop == 48
 
 
-def test_dataset_kwargs_are_make_dataset_arguments():
-    from vov3d_tf.data import make_dataset
-    from vov3d_tf.data.preprocess import eval_views
-    cfg = config_from_dict({})
-    params = inspect.signature(make_dataset).parameters
-    for kwargs in (adapters.train_dataset_kwargs(cfg, seed=3), adapters.eval_dataset_kwargs(cfg)):
-        assert set(kwargs) <= set(params)
-    assert adapters.train_dataset_kwargs(cfg, seed=3)["seed"] == 3
-    assert set(adapters.eval_view_kwargs(cfg)) <= set(inspect.signature(eval_views).parameters)
+def test_train_clip_and_read_options():
+    cfg = config_from_dict({"data": {"num_frames": 8, "crop_size": 40, "train_short_side": [40, 48],
+                                     "inverse_uniform_scale": False, "random_flip": True,
+                                     "sampling": "dense", "sampling_rate": 5,
+                                     "on_corrupt": "fail", "image_key": "frames"}})
+    assert adapters.train_clip(cfg) == TrainClip(
+        num_frames=8, crop_size=40, sampling="dense", sampling_rate=5, short_side_range=(40, 48),
+        inverse_uniform=False, random_flip=True)
+    read = adapters.read_options(cfg)
+    assert read == ReadOptions(image_key="frames", label_key=fmt.LABEL_INDEX_KEY,
+                               on_corrupt="fail")
+    assert adapters.read_options(config_from_dict({})).image_key == fmt.IMAGE_KEY

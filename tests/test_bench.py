@@ -11,7 +11,7 @@ def test_bench_prints_one_line_per_case():
     litert = importlib.util.find_spec("ai_edge_litert") is not None
     runtimes = ["tf", "litert"] if litert else ["tf"]
     proc = subprocess.run(
-        [sys.executable, "-m", "vov3d_tf.bench", "--models", "vov3d_m", "--sizes", "32",
+        [sys.executable, "-m", "vov3d_tf.deploy.bench", "--models", "vov3d_m", "--sizes", "32",
          "--batches", "1", "--train-batch", "2", "--frames", "4", "--num-classes", "5",
          "--runtimes", ",".join(runtimes)],
         capture_output=True, text=True, timeout=600)
@@ -32,13 +32,13 @@ def test_bench_prints_one_line_per_case():
 def test_bench_rejects_unknown_model_and_too_few_runs():
     for args, msg in ((["--models", "resnet"], "unknown model"), (["--runs", "3"], ">= 5"),
                       (["--runtimes", "onnx"], "unknown runtime")):
-        proc = subprocess.run([sys.executable, "-m", "vov3d_tf.bench", *args],
+        proc = subprocess.run([sys.executable, "-m", "vov3d_tf.deploy.bench", *args],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and msg in proc.stderr
 
 
 def test_bench_rejects_bad_quantized_and_openvino_options(tmp_path, capsys):
-    from vov3d_tf import bench
+    from vov3d_tf.deploy import bench
 
     for args, msg in ((["--runtimes", "litert-int4"], "allowed: tf, litert, litert-fp16, "
                                                       "litert-dynamic, litert-int8"),
@@ -58,13 +58,13 @@ def test_bench_rejects_bad_quantized_and_openvino_options(tmp_path, capsys):
 def test_bench_quantized_litert_with_accuracy_line(tmp_path):
     pytest.importorskip("ai_edge_litert")
     import vov3d_tf
-    from vov3d_tf.data import write_synthetic_dataset
+    from vov3d_tf.data.build.synthetic import write_synthetic_dataset
     write_synthetic_dataset(tmp_path / "d", num_train=4, num_eval=3, num_frames=8, size=32,
                             num_classes=3, num_shards=1)
     vov3d_tf.create_model("vov3d_m", 3, base_width=8, blocks=(1, 1, 1, 1), num_conv=2).save(
         tmp_path / "m.keras")
     proc = subprocess.run(
-        [sys.executable, "-m", "vov3d_tf.bench", "--models", "vov3d_m", "--sizes", "32",
+        [sys.executable, "-m", "vov3d_tf.deploy.bench", "--models", "vov3d_m", "--sizes", "32",
          "--batches", "1", "--train-batch", "0", "--frames", "4", "--weights",
          str(tmp_path / "m.keras"), "--runtimes", "litert,litert-fp16,litert-int8",
          "--calibration-shards", str(tmp_path / "d" / "train-*"), "--calibration-clips", "6",

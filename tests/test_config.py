@@ -36,7 +36,7 @@ def test_defaults_are_the_paper_ssv2_recipe():
     ({"train": {"momentum": 1.0}}, "train.momentum", "expected >= 0.0 and < 1.0"),
     ({"train": {"mixed_precision": "float16"}}, "train.mixed_precision", "'mixed_float16'"),
     ({"train": {"nesterov": "yes"}}, "train.nesterov", "expected true/false"),
-    ({"model": {"name": "vov3d_xl"}}, "model.name", "one of 'vov3d_m'"),
+    ({"model": {"name": "vov3d_xl"}}, "model.name", "allowed: vov3d_m, vov3d_l, x3d_m, x3d_l"),
     ({"model": {"blocks": [1, 2, 3]}}, "model.blocks", "expected 4 values"),
     ({"model": {"blocks": [1, 2, 0, 1]}}, "model.blocks[2]", "out of range"),
     ({"model": {"name": "x3d_m", "num_conv": 3}}, "model.num_conv", "VoV3D only"),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import vov3d_tf
-from vov3d_tf.convert import convert, keras_layer_name, load_torch_weights, main, torch_module_name
+from vov3d_tf.model.convert import convert, keras_layer_name, load_torch_weights, main, torch_module_name
 
 
 def test_name_mapping_round_trips(parity_weights):

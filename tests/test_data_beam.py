@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from vov3d_tf.data import build_shards
+from vov3d_tf.data.build import builder
+from vov3d_tf.data.build import __main__ as build_cli
 from conftest import bad_video_folder
 
 pytest.importorskip("apache_beam", reason="Apache Beam is the `beam` extra: pip install -e .[beam]")
@@ -30,7 +31,7 @@ def _argv(videos, out, *extra):
 @pytest.fixture(scope="module")
 def local(videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    assert build_shards.main(_argv(videos, out)) == 0
+    assert build_cli.main(_argv(videos, out)) == 0
     return out
 
 
@@ -49,7 +50,7 @@ def _same_output(a, b):
 
 def test_beam_direct_runner_equals_local_builder(videos, local, tmp_path, capsys):
     out = tmp_path / "beam"
-    assert build_shards.main(_argv(videos, out, "--runner", "DirectRunner")) == 0
+    assert build_cli.main(_argv(videos, out, "--runner", "DirectRunner")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["beam_metrics"] == {"videos_written": 3, "videos_skipped": 3}
     entry = _same_output(local, out)
@@ -72,25 +73,25 @@ def test_beam_rerun_reuses_finished_shards_and_rewrites_a_missing_one(videos, lo
     shutil.copytree(local, out)
     (out / "train-00001-of-00003.tfrecord").unlink()  # a lost shard
     loaded = []
-    real_load = build_shards._load
-    monkeypatch.setattr(build_shards, "_load", lambda job: loaded.append(job[0].name)
+    real_load = builder.load_video
+    monkeypatch.setattr(builder, "load_video", lambda job: loaded.append(job[0].name)
                         or real_load(job))
-    assert build_shards.main(_argv(videos, out, "--beam")) == 0  # --beam: default DirectRunner
+    assert build_cli.main(_argv(videos, out, "--beam")) == 0  # --beam: default DirectRunner
     assert len(loaded) == 2  # only the missing shard's videos were decoded again
     _same_output(local, out)
 
 
 def test_writing_a_shard_twice_gives_the_same_file_and_no_temporaries(videos, tmp_path):
     """What a retried Beam bundle does: WriteShard for the same index runs again."""
-    from vov3d_tf.data import annotations
+    from vov3d_tf.data.build import annotations
     items, labels = annotations.parse_csv(str(videos / "list.csv"))
     params = {"short_side": 32, "fps": 2.0, "jpeg_quality": 90}
     shard_items = items[:3]
-    outcomes = [build_shards._load((i, params)) for i in shard_items]
-    first = build_shards.write_shard(str(tmp_path), "train", "train-00000-of-00001.tfrecord",
+    outcomes = [builder.load_video((i, params)) for i in shard_items]
+    first = builder.write_shard(str(tmp_path), "train", "train-00000-of-00001.tfrecord",
                                      "d", shard_items, outcomes, len(labels))
     data = (tmp_path / "train-00000-of-00001.tfrecord").read_bytes()
-    second = build_shards.write_shard(str(tmp_path), "train", "train-00000-of-00001.tfrecord",
+    second = builder.write_shard(str(tmp_path), "train", "train-00000-of-00001.tfrecord",
                                       "d", shard_items, outcomes, len(labels))
     assert first == second and (first["records"], first["skipped"]) == (2, 1)
     assert (tmp_path / "train-00000-of-00001.tfrecord").read_bytes() == data
@@ -106,7 +107,7 @@ def test_beam_equals_local_on_a_split_with_hidden_labels(videos, local, tmp_path
     for name, extra in (("local", ()), ("beam", ("--runner", "DirectRunner"))):
         out = tmp_path / name
         shutil.copytree(local, out)
-        assert build_shards.main(["--output-dir", str(out), "--split", "test", "--csv",
+        assert build_cli.main(["--output-dir", str(out), "--split", "test", "--csv",
                                   str(videos / "test.csv"), "--labels", str(out / "labels.txt"),
                                   "--num-shards", "2", "--short-side", "48", "--fps", "4",
                                   "--workers", "1", "--no-progress", *extra]) == 0
@@ -127,14 +128,14 @@ def test_beam_equals_local_on_a_split_with_hidden_labels(videos, local, tmp_path
 
 def test_unknown_flags_without_beam_are_refused(videos, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        build_shards.main(_argv(videos, tmp_path, "--project", "p"))
+        build_cli.main(_argv(videos, tmp_path, "--project", "p"))
     assert "Beam pipeline options need --beam or --runner" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_beam_multiprocess_direct_runner_equals_local_builder(videos, local, tmp_path):
     out = tmp_path / "beam_mp"
-    assert build_shards.main(_argv(videos, out, "--runner", "DirectRunner",
+    assert build_cli.main(_argv(videos, out, "--runner", "DirectRunner",
                                    "--direct_num_workers", "2",
                                    "--direct_running_mode", "multi_processing")) == 0
     _same_output(local, out)

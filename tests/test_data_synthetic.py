@@ -8,8 +8,8 @@ import tensorflow as tf
 from PIL import Image
 
 from vov3d_tf.data import format as fmt
-from vov3d_tf.data import synthetic
-from vov3d_tf.data import write_synthetic_dataset
+from vov3d_tf.data.build import synthetic
+from vov3d_tf.data.build.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import evaluation
+from vov3d_tf.train import evaluation
 
 
 def channel_mean_model(num_classes=3):
@@ -167,10 +167,13 @@ def test_views_cap_gives_the_same_logits_and_results(tmp_path):
 
 
 def test_eval_only_writes_predictions_csv(tmp_path):
-    from vov3d_tf import create_model, training
+    from vov3d_tf import create_model
+    from vov3d_tf.train import training
     from vov3d_tf.config import config_from_dict
     from vov3d_tf.data import format as fmt
-    from vov3d_tf.data import make_dataset, write_synthetic_dataset
+    from vov3d_tf.data import eval_dataset, train_dataset
+    from vov3d_tf.data.build.synthetic import write_synthetic_dataset
+    from vov3d_tf.data.specs import EvalViews, TrainClip
     from vov3d_tf.data.shards import ShardWriter
     data = tmp_path / "data"
     write_synthetic_dataset(str(data), num_train=3, num_eval=5, num_frames=6, size=32,
@@ -204,11 +207,13 @@ def test_eval_only_writes_predictions_csv(tmp_path):
     writer.write(fmt.make_sequence_example(frames, 1, "b", "x/labelled.webm").SerializeToString())
     writer.write(fmt.make_sequence_example(frames, [], [], "x/hidden.webm").SerializeToString())
     writer.close()
-    kw = dict(training=False, num_frames=4, batch_size=2, test_short_side=32, num_clips=1)
-    (views, labels, names), = make_dataset(path, with_filename=True, **kw).as_numpy_iterator()
+    views = EvalViews(num_frames=4, short_side=32, num_clips=1)
+    (views, labels, names), = eval_dataset(path, views, batch_size=2,
+                                           with_filename=True).as_numpy_iterator()
     assert views.shape == (2, 3, 4, 32, 32, 3) and labels.tolist() == [1, -1]
     assert names.tolist() == [b"x/labelled.webm", b"x/hidden.webm"]
-    (_, labels), = make_dataset(path, **kw).as_numpy_iterator()  # the hidden one: skipped
+    (_, labels), = eval_dataset(path, EvalViews(num_frames=4, short_side=32, num_clips=1),
+                                batch_size=2).as_numpy_iterator()  # the hidden one: skipped
     assert labels.tolist() == [1]
-    with pytest.raises(ValueError, match="with_filename is for evaluation"):
-        make_dataset(path, training=True, with_filename=True)
+    with pytest.raises(TypeError, match="with_filename"):  # training has no file names
+        train_dataset(path, TrainClip(num_frames=4), batch_size=2, with_filename=True)

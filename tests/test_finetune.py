@@ -1,6 +1,7 @@
 """Fine-tuning and the LR policies: model.init_weights (.keras and official .npz), the classifier
 re-initialised for a new class count, errors naming layers and shapes, train.freeze through a
 real training run, the optimizer-form guard on resume, and the step LR policy's numbers."""
+import hashlib
 import json
 import os
 
@@ -9,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 import vov3d_tf
-from vov3d_tf import finetune, training
 from vov3d_tf.config import config_from_dict
-from vov3d_tf.optim import WarmupStepsDecay
+from vov3d_tf.train import finetune, optim, rundir, training
+from vov3d_tf.train.optim import WarmupStepsDecay
 
 TINY = dict(base_width=8, num_conv=2, blocks=(1, 1, 1, 1), dropout_rate=0.0)
 
@@ -45,7 +46,7 @@ def test_keras_source_loads_exactly_and_new_classes_reinitialise_the_classifier(
     assert report["loaded"] == len(model.weights) - 2
     assert len(report["loaded_layers"]) == len([l for l in model.layers if l.weights]) - 1
     assert "head_projection" not in report["loaded_layers"]
-    assert report["sha256"] == finetune.sha256(path) and len(report["sha256"]) == 64
+    assert report["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest() and len(report["sha256"]) == 64
     assert "re-initialised head_projection (num_classes differs: 3 -> 5)" in lines[0]
 
 
@@ -129,7 +130,7 @@ def test_freeze_backbone_run_trains_only_the_head(tmp_path):
             assert same, f"frozen layer {layer.name} changed"  # weights and BN statistics
     assert all(head_changed) and len(head_changed) == 4  # conv_5, conv_5_bn, lin_5, projection
     record = json.loads((out / "init_weights.json").read_text())
-    assert record["path"] == os.path.abspath(path) and record["sha256"] == finetune.sha256(path)
+    assert record["path"] == os.path.abspath(path) and record["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
 
     # A resume with the other optimizer form is refused, naming both forms.
     (out / "final_metrics.json").unlink()
@@ -174,7 +175,7 @@ def test_steps_with_relative_lrs_by_hand():
                                       "lr_steps": [0, 35, 45], "lr_relative": [1, 0.1, 0.01],
                                       "base_lr": 0.05, "warmup_epochs": 0.19,
                                       "warmup_start_lr": 1e-4}})
-    sched = training.make_schedule(cfg.train, steps_per_epoch=10)
+    sched = optim.make_schedule(cfg.train, steps_per_epoch=10)
     assert isinstance(sched, WarmupStepsDecay) and sched.warmup_steps == 2
     assert float(sched(400)) == pytest.approx(0.005)
 
@@ -195,8 +196,8 @@ def test_config_errors(train, message):
 
 def test_checkpoint_without_form_marker_counts_as_keras_sgd(tmp_path):
     path = tf.train.Checkpoint(v=tf.Variable(1.0)).save(str(tmp_path / "old"))  # pre-marker
-    training._check_optimizer_form(path, "keras", "x.json")  # resumes
+    rundir.check_optimizer_form(path, "keras", "x.json")  # resumes
     with pytest.raises(ValueError, match=r"x.json: train.optimizer is 'reference' but the "
                                          r"checkpoint .* 'keras' optimizer form .*"
                                          r"--set train.optimizer=keras"):
-        training._check_optimizer_form(path, "reference", "x.json")
+        rundir.check_optimizer_form(path, "reference", "x.json")

@@ -82,11 +82,12 @@ def _videos_on_ram(root):
 
 
 def _build_and_validate_on_ram(root):
-    from vov3d_tf.data import build_shards, validate
+    from vov3d_tf.data import validate
+    from vov3d_tf.data.build import __main__ as build_cli
 
     _videos_on_ram(root)
     # Shards from videos on ram:// (PyAV reads through gfile handles), then validated.
-    assert build_shards.main(["--output-dir", f"{root}/shards", "--split", "train", "--csv",
+    assert build_cli.main(["--output-dir", f"{root}/shards", "--split", "train", "--csv",
                               f"{root}/videos/list.csv", "--num-shards", "2", "--short-side",
                               "32", "--fps", "2", "--workers", "1", "--no-progress"]) == 0
     manifest = json.loads(tf.io.gfile.GFile(f"{root}/shards/manifest.json").read())
@@ -102,8 +103,8 @@ def test_ram_build_validate_and_read(clean_local):
 
     root = "ram://build"
     _build_and_validate_on_ram(root)
-    ds = vdata.make_dataset(f"{root}/shards/train-*.tfrecord", training=False, num_frames=4,
-                            test_short_side=32, num_clips=1, num_crops=1, batch_size=3)
+    one = vdata.EvalViews(num_frames=4, short_side=32, num_clips=1, num_crops=1)
+    ds = vdata.eval_dataset(f"{root}/shards/train-*.tfrecord", one, batch_size=3)
     x, y = next(iter(ds))
     assert x.shape == (3, 1, 4, 32, 32, 3) and sorted(y.numpy().tolist()) == [0, 1, 1]
     assert vdata.load_labels(f"{root}/shards") == ["riding", "talking"]
@@ -112,7 +113,7 @@ def test_ram_build_validate_and_read(clean_local):
 @pytest.mark.slow
 def test_ram_end_to_end_build_validate_train_resume_export(clean_local, capsys):
     """~50 s of CPU (2.5 min wall on the busy 2-core VM): the demo's whole life on ram://."""
-    from vov3d_tf import training
+    from vov3d_tf.train import training
     from vov3d_tf.config import load_config
     import export
 

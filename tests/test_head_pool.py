@@ -1,4 +1,4 @@
-"""The reference head's fixed-window pooling option (ARCHITECTURE.md §6): `head_pool_size`."""
+"""The reference head's fixed-window pooling option (docs/architecture.md#the-head-and-head_pool_size): `head_pool_size`."""
 import keras
 import numpy as np
 import pytest

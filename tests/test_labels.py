@@ -47,15 +47,17 @@ def test_missing_file_and_gfile_paths(tmp_path):
 
 
 def test_every_reader_agrees(tmp_path):
-    """Training's class names, serving/export, data.load_labels and the shard builder."""
-    from vov3d_tf import adapters, serving
+    """Training's class names, data.load_labels and the shard builder (export and predict call
+    read_labels itself)."""
+    from vov3d_tf import adapters
     from vov3d_tf.config import config_from_dict
-    from vov3d_tf.data import annotations, load_labels
+    from vov3d_tf.data import load_labels
+    from vov3d_tf.data.build import annotations
 
     path = tmp_path / "labels.txt"
     path.write_bytes(b"walk\r\nrun\r\n")
     cfg = config_from_dict({"data": {"labels_file": str(path)}})
-    readers = [adapters.class_names(cfg), serving.read_labels(str(path)),
+    readers = [adapters.class_names(cfg), read_labels(str(path)),
                load_labels(str(path)), annotations.read_labels_file(str(path))]
     assert all(names == ["walk", "run"] for names in readers)
     path.write_bytes(b"walk\nrun\nwalk\n")

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 import vov3d_tf
-from vov3d_tf import lite
-from vov3d_tf.convert import load_torch_weights
+from vov3d_tf.data.specs import EvalViews
+from vov3d_tf.deploy import lite
+from vov3d_tf.model.convert import load_torch_weights
 
 pytest.importorskip("ai_edge_litert", reason="the `lite` extra (ai-edge-litert) is not installed")
 
@@ -78,10 +79,15 @@ def _tiny(num_classes=5):
                                  num_conv=2)
 
 
+def _views(**changes):
+    """The eval views of the quantization shards: 4 frames at 32 px, 2 clips x 3 crops."""
+    return EvalViews(num_frames=4, short_side=32, **changes)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """Synthetic labeled shards: 6 train and 4 eval videos of 8 frames at 32 px."""
-    from vov3d_tf.data import write_synthetic_dataset
+    from vov3d_tf.data.build.synthetic import write_synthetic_dataset
     root = tmp_path_factory.mktemp("quant_shards")
     write_synthetic_dataset(root, num_train=6, num_eval=4, num_frames=8, size=32, num_classes=3,
                             num_shards=2)
@@ -89,25 +95,24 @@ def shards(tmp_path_factory):
 
 
 def test_eval_clips_are_the_eval_pipeline_views(shards):
-    from vov3d_tf.data import make_dataset
-    clips = lite.EvalClips(str(shards / "eval-*"), frames=4, size=32, num_clips=1, num_crops=3)
+    from vov3d_tf.data import eval_dataset
+    clips = lite.EvalClips(str(shards / "eval-*"), _views(num_clips=1))
     got = np.stack(list(clips))
     assert clips.count == 4 * 3 and len(clips.labels) == 4  # videos x (1 clip x 3 crops)
-    want = np.concatenate([v.numpy()[0] for v, _ in make_dataset(
-        str(shards / "eval-*"), training=False, batch_size=1, num_frames=4, test_short_side=32,
-        num_clips=1, num_crops=3)])
+    want = np.concatenate([v.numpy()[0] for v, _ in eval_dataset(
+        str(shards / "eval-*"), _views(num_clips=1), batch_size=1)])
     assert got.shape == (12, 4, 32, 32, 3) and np.array_equal(got, want)
-    capped = lite.EvalClips(str(shards / "eval-*"), frames=4, size=32, max_clips=5)
+    capped = lite.EvalClips(str(shards / "eval-*"), _views(), max_clips=5)
     assert len(list(capped)) == 5 and capped.count == 5
     with pytest.raises(FileNotFoundError, match="no shard files match"):
-        lite.EvalClips(str(shards / "nothing-*"), frames=4, size=32)
+        lite.EvalClips(str(shards / "nothing-*"), _views())
 
 
 @pytest.mark.slow
 def test_quantize_modes_convert_and_run(shards):
     model = _tiny()
-    calibration = lite.EvalClips(str(shards / "train-*"), frames=4, size=32, max_clips=8)
-    x = np.stack(list(lite.EvalClips(str(shards / "eval-*"), frames=4, size=32)))  # 24 views
+    calibration = lite.EvalClips(str(shards / "train-*"), _views(), max_clips=8)
+    x = np.stack(list(lite.EvalClips(str(shards / "eval-*"), _views())))  # 24 views
     want = model(x, training=False).numpy()
     scale = float(want.std())
     blobs = {"float": lite.to_tflite(model, frames=4, height=32)}
@@ -220,14 +225,14 @@ def test_int8_keeps_a_trained_models_answers(tmp_path):
         capture_output=True, text=True, timeout=2400)
     assert res.returncode == 0, res.stderr[-3000:]
     trained = json.loads(res.stdout.strip().splitlines()[-1])
-    from vov3d_tf.serving import load_trained_model
+    from vov3d_tf.deploy.loading import load_trained_model
     model = load_trained_model(out / "best.keras")
-    clips = dict(frames=16, size=40, num_clips=1)
-    calibration = lite.EvalClips(str(data / "train-*"), max_clips=64, **clips)
+    clips = EvalViews(num_frames=16, short_side=40, num_clips=1)
+    calibration = lite.EvalClips(str(data / "train-*"), clips, max_clips=64)
     blobs = {m: lite.to_tflite(model, frames=16, height=40, quantize=m,
                                calibration=calibration if m == "int8" else None)
              for m in ("dynamic", "int8")}
-    result = lite.compare(model, blobs, lite.EvalClips(str(data / "eval-*"), **clips))
+    result = lite.compare(model, blobs, lite.EvalClips(str(data / "eval-*"), clips))
     print(json.dumps(result))
     assert result["reference"]["videos"] == 96 and result["reference"]["top1"] >= 0.9
     assert result["reference"]["top1"] == pytest.approx(trained["top1"], abs=0.011)
@@ -254,8 +259,8 @@ def test_cli_int8_reports_accuracy_against_float(shards, tmp_path, capsys):
     assert 0 <= q["top1_agreement"] <= 1 and q["top1_delta"] == pytest.approx(
         q["top1"] - ref["top1"], abs=1e-4)
     # The reported float figures are the Keras model's own multi-view test on the same views.
-    from vov3d_tf.evaluation import multi_view_scores, topk_accuracy
-    clips = lite.EvalClips(str(shards / "eval-*"), frames=4, size=32)
+    from vov3d_tf.train.evaluation import multi_view_scores, topk_accuracy
+    clips = lite.EvalClips(str(shards / "eval-*"), _views())
     views, labels = zip(*clips.videos())
     probs = [tf_softmax(model(v, training=False).numpy()) for v in views]
     assert ref["top1"] == pytest.approx(topk_accuracy(multi_view_scores(probs), labels, 1),

@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 import vov3d_tf
-from vov3d_tf import layers as L
-from vov3d_tf.flops import count_flops
-from vov3d_tf.models import vov3d_widths, x3d_widths
+from vov3d_tf.model import layers as L
+from vov3d_tf.model.flops import count_flops
+from vov3d_tf.model.networks import vov3d_widths, x3d_widths
 
 
 def n_params(model):
@@ -38,7 +38,7 @@ def randomize_bn(model, seed=0):
                                rng.normal(0, 0.1, c), rng.uniform(0.5, 1.5, c)])
 
 
-# Official counts, ARCHITECTURE.md sections 8, 10 and 14.
+# Official counts, docs/architecture.md#numbers-the-port-matches.
 @pytest.mark.parametrize("name,classes,expected", [
     ("vov3d_m", 174, 3_204_286), ("vov3d_m", 400, 3_667_360),
     ("vov3d_l", 174, 5_834_094), ("vov3d_l", 400, 6_297_168),
@@ -66,7 +66,7 @@ def test_block_structure_counts():
 
 
 def test_parity_with_official_vov3d_m(parity_npz):
-    from vov3d_tf.convert import load_torch_weights
+    from vov3d_tf.model.convert import load_torch_weights
     model = vov3d_tf.create_model("vov3d_m", 10)
     load_torch_weights(model, parity_npz)
     x = parity_npz["input"].transpose(0, 2, 3, 4, 1)
@@ -186,7 +186,7 @@ def test_flops_match_fvcore(name, size, gflops, incl_bn):
 
 
 def test_flops_of_a_model_object_and_cli(capsys):
-    from vov3d_tf.flops import main
+    from vov3d_tf.model.flops import main
     r = count_flops(tiny(), (4, 32, 32, 3))
     assert r["params"] == n_params(tiny()) and r["macs"] > 0
     assert main(["--model", "vov3d_m", "--num-classes", "174", "--frames", "16",

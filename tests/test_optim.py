@@ -1,11 +1,11 @@
-"""The reference optimizer (`vov3d_tf.optim`): its step against the PyTorch formulas written out
-by hand, the decayed-parameter set (ARCHITECTURE.md §12 and §14.5), serialization."""
+"""The reference optimizer (`vov3d_tf.train.optim`): its step against the PyTorch formulas written out
+by hand, the decayed-parameter set (docs/architecture.md#training-recipe and docs/architecture.md#the-a1--c1-naming-quirk-and-weight-decay), serialization."""
 import numpy as np
 import pytest
 
 import vov3d_tf
-from vov3d_tf.convert import official_names
-from vov3d_tf.optim import ReferenceSGD, reference_sgd
+from vov3d_tf.model.convert import official_names
+from vov3d_tf.train.optim import ReferenceSGD, reference_sgd
 
 
 def test_decayed_set_is_the_reference_quirk():
@@ -14,7 +14,7 @@ def test_decayed_set_is_the_reference_quirk():
     opt.build(model.trainable_variables)
     names = official_names(model)
     decayed = [v for v in model.trainable_variables if opt.decays(v)]
-    assert len(decayed) == 434  # ARCHITECTURE.md §12: every tensor whose name has no "bn"
+    assert len(decayed) == 434  # docs/architecture.md#training-recipe: every tensor whose name has no "bn"
     assert all("bn" not in names[v.path] for v in decayed)
     bn_layers = {names[v.path].rpartition(".")[0] for v in decayed if "_bn/" in v.path}
     assert len(bn_layers) == 80 and all(n.endswith((".a.1", ".c.1")) for n in bn_layers)

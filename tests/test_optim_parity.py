@@ -1,6 +1,6 @@
 """Training-step parity with the reference: Keras `fit()` with `ReferenceSGD` against the PyTorch
 twin (../shared/bench/torch_peer.py) trained by `torch.optim.SGD` as PySlowFast sets it up
-(ARCHITECTURE.md §12: Nesterov, momentum 0.9, dampening 0, weight decay on every parameter
+(docs/architecture.md#training-recipe: Nesterov, momentum 0.9, dampening 0, weight decay on every parameter
 whose name has no "bn", 0 on the others), from the official initialisation (§7), with a
 warm-up learning rate that changes at every step. Compared after K steps: every weight, every
 BN moving statistic, and the eval-mode logits. Float32 on both sides.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import vov3d_tf
-from vov3d_tf.convert import load_torch_weights
-from vov3d_tf.optim import reference_sgd
+from vov3d_tf.model.convert import load_torch_weights
+from vov3d_tf.train.optim import reference_sgd
 
 PEER = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench" / "torch_peer.py"
 STEPS, BATCH, FRAMES, SIZE, CLASSES = 6, 2, 4, 64, 10
@@ -102,7 +102,7 @@ def runs(peer):
 
 def _keras_sgd(model, schedule):
     import keras
-    from vov3d_tf.training import _no_decay_variables
+    from vov3d_tf.train.training import _no_decay_variables
     opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=WEIGHT_DECAY)
     opt.exclude_from_weight_decay(var_list=_no_decay_variables(model))
     return opt

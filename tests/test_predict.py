@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import create_model, evaluation, predict
+from vov3d_tf import create_model
+from vov3d_tf.adapters import eval_views
+from vov3d_tf.train import evaluation
+from vov3d_tf.deploy import predict
 from vov3d_tf.config import config_from_dict, save_config
 
 skvideo = pytest.importorskip("skvideo")
@@ -55,11 +58,11 @@ def setup(tmp_path_factory):
 
 
 def test_predict_equals_the_eval_pipeline(setup):
-    from vov3d_tf.training import make_datasets
+    from vov3d_tf.train.data import make_datasets
     cfg, model, _ = setup
-    views = predict.video_views(VIDEO, cfg, short_side=64)
+    views = predict.video_views(VIDEO, eval_views(cfg), short_side=64)
     assert views.shape == (6, 4, 64, 64, 3)
-    probs = predict.predict_video(model, VIDEO, cfg, short_side=64)
+    probs = predict.predict_video(model, VIDEO, eval_views(cfg), short_side=64)
     assert probs.shape == (6,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     _, eval_ds = make_datasets(cfg, training=False)
     (pipeline_views, label), = eval_ds.unbatch().batch(1).as_numpy_iterator()
@@ -74,7 +77,7 @@ def test_cli_prints_top5(setup, capsys):
     assert predict.main([VIDEO, "--config", config_path, "--short-side", "64"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{VIDEO}:" and len(out) == 6
-    probs = predict.predict_video(model, VIDEO, cfg, short_side=64)
+    probs = predict.predict_video(model, VIDEO, eval_views(cfg), short_side=64)
     order = np.argsort(-probs, kind="stable")[:5]
     for line, k in zip(out[1:], order):
         rank, name, p = line.split()

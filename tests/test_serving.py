@@ -1,20 +1,24 @@
 """The served graph: multi-view parity with the evaluation pipeline, input checks, the benchmark."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import serving, serving_bench
+from vov3d_tf.data.specs import EvalViews
+from vov3d_tf.deploy import serving
+from vov3d_tf.deploy import serving_bench
 from vov3d_tf.config import config_from_dict
 from vov3d_tf.data import format as fmt
-from vov3d_tf.data import make_dataset
-from vov3d_tf.evaluation import multi_view_scores
+from vov3d_tf.data import eval_dataset
+from vov3d_tf.train.evaluation import multi_view_scores
 
 LABELS = ["a", "b", "c"]
 # Kinetics-style dense sampling, 2 clips x 3 crops, as `--multi-view` exports it.
-MULTI = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling="dense",
-                            sampling_rate=2, num_clips=2, num_crops=3, top_k=2)
+MULTI = serving.ServingSpec(EvalViews(num_frames=4, crop_size=32, short_side=40, sampling="dense",
+                                      sampling_rate=2, num_clips=2, num_crops=3), top_k=2)
+ONE = EvalViews(num_frames=4, crop_size=32, short_side=40, num_clips=1, num_crops=1)
 
 
 def tiny_model(seed=1):
@@ -44,16 +48,14 @@ def videos():
 
 
 def test_multi_view_equals_the_evaluation_pipeline(multi_view, videos, tmp_path):
-    """Served = measured: `make_dataset(training=False)` views + the paper's softmax sum."""
+    """Served = measured: `eval_dataset` views + the paper's softmax sum."""
     shard = str(tmp_path / "eval-00000-of-00001.tfrecord")
     records = [fmt.make_sequence_example(v, i, LABELS[i], f"clip{i}").SerializeToString()
                for i, v in enumerate(videos)]
     with tf.io.TFRecordWriter(shard) as writer:
         for record in records:
             writer.write(record)
-    dataset = make_dataset(shard, training=False, num_frames=4, batch_size=2, sampling="dense",
-                           sampling_rate=2, test_short_side=40, test_crop_size=32, num_clips=2,
-                           num_crops=3, shuffle=False)
+    dataset = eval_dataset(shard, MULTI.views, batch_size=2)
     (views, labels), = list(dataset)
     assert views.shape == (2, 6, 4, 32, 32, 3) and labels.numpy().tolist() == [0, 1]
     model = multi_view["model"]
@@ -150,18 +152,20 @@ def test_empty_batch_gives_empty_outputs(multi_view):
 # --- spec --------------------------------------------------------------------------------------
 
 def test_spec_validation():
-    with pytest.raises(ValueError, match="num_crops must be 1 or 3, got 2"):
-        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, num_crops=2)
+    with pytest.raises(ValueError, match=r"num_crops must be one of \(1, 3\), got 2"):
+        dataclasses.replace(ONE, num_crops=2)
     with pytest.raises(ValueError, match="short side 40 is smaller than crop_size 48"):
-        serving.ServingSpec(num_frames=4, crop_size=48, short_side=40)
+        dataclasses.replace(ONE, crop_size=48)
     with pytest.raises(ValueError, match="sampling must be one of"):
-        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, sampling="random")
+        dataclasses.replace(ONE, sampling="random")
     with pytest.raises(ValueError, match="top_k must be a positive int, got 0"):
-        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=0)
+        serving.ServingSpec(ONE, top_k=0)
     with pytest.raises(ValueError, match="max_videos must be a positive int, got 0"):
-        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, max_videos=0)
+        serving.ServingSpec(ONE, max_videos=0)
     with pytest.raises(ValueError, match="limits must be an InputLimits"):
-        serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, limits=[1])
+        serving.ServingSpec(ONE, limits=[1])
+    with pytest.raises(ValueError, match="views must be an EvalViews"):
+        serving.ServingSpec(views=(4, 32, 40))
     from vov3d_tf.data.preprocess import InputLimits
     with pytest.raises(ValueError, match=r"InputLimits.max_scans must be a number >= 1 or None"):
         InputLimits(max_scans=0)
@@ -170,20 +174,21 @@ def test_spec_validation():
     assert InputLimits(max_aspect_ratio=2.5).max_aspect_ratio == 2.5
 
 
-def test_spec_from_config_uses_eval_preprocessing():
+def test_export_spec_uses_evaluation_views():
+    """export.py serves `adapters.eval_views(cfg)`: evaluation's views, one clip by default."""
+    from vov3d_tf.adapters import eval_views
     cfg = config_from_dict({"data": {"num_frames": 8, "sampling": "dense", "sampling_rate": 5,
                                      "test_short_side": 256, "test_crop_size": 224},
                             "eval": {"num_clips": 10, "num_crops": 3}})
-    single = serving.spec_from_config(cfg, top_k=3)
-    assert (single.num_frames, single.crop_size, single.short_side, single.sampling,
-            single.sampling_rate, single.num_views, single.top_k) == (8, 224, 256, "dense", 5,
-                                                                        1, 3)
-    assert serving.spec_from_config(cfg, multi_view=True).num_views == 30
+    single = serving.ServingSpec(eval_views(cfg, multi_view=False), top_k=3).views
+    assert (single.num_frames, single.crop, single.short_side, single.sampling,
+            single.sampling_rate, single.num_views) == (8, 224, 256, "dense", 5, 1)
+    assert serving.ServingSpec(eval_views(cfg)).views.num_views == 30
     # A crop count the test protocol does not have is refused when the config loads.
     with pytest.raises(ValueError, match=r"eval\.num_crops: expected one of 1, 3, got 2"):
         config_from_dict({"eval": {"num_crops": 2}})
     # test_crop_size null = the short side (three 256 crops, the paper's test protocol).
-    assert serving.spec_from_config(config_from_dict({})).crop_size == 256
+    assert serving.ServingSpec(eval_views(config_from_dict({}))).views.crop == 256
 
 
 # --- benchmark -----------------------------------------------------------------------------------
@@ -255,17 +260,16 @@ def test_documented_grpc_client_round_trip(multi_view, videos):
 
 # --- the cost-bounded test views are the straightforward recipe, bit for bit ---------------------
 
-def _straightforward_views(jpegs, *, num_frames, crop_size, short_side, num_clips, num_crops,
-                           sampling="segment", sampling_rate=1):
+def _straightforward_views(jpegs, views):
     """The recipe written the plain way (what eval_views did before issue 12): decode every
     sampled position (repeats included), resize the float32 clip, crop, normalize."""
     from vov3d_tf.data import preprocess as P
-    idx = P.eval_indices(len(jpegs), num_frames=num_frames, sampling=sampling,
-                         sampling_rate=sampling_rate, num_clips=num_clips)
+    idx = P.eval_indices(len(jpegs), views)
     frames = P.decode_jpegs(tf.gather(tf.constant(jpegs), tf.reshape(idx, [-1])))
-    frames = P.resize_short_side(frames, short_side)
-    clips = tf.split(frames, num_clips) if num_clips > 1 else [frames]
-    return P.normalize(tf.concat([P.spatial_crops(c, crop_size, num_crops) for c in clips], 0))
+    frames = P.resize_short_side(frames, views.short_side)
+    clips = tf.split(frames, views.num_clips) if views.num_clips > 1 else [frames]
+    return P.normalize(tf.concat([P.spatial_crops(c, views.crop, views.num_crops)
+                                  for c in clips], 0))
 
 
 @pytest.mark.parametrize("count,h,w,kwargs", [
@@ -280,9 +284,10 @@ def test_views_are_bit_identical_to_the_straightforward_recipe(count, h, w, kwar
     rng = np.random.default_rng(count)
     frames = rng.integers(0, 256, (count, h, w, 3)).astype(np.uint8)
     jpegs = serving.encode_jpegs(frames)
-    expected = _straightforward_views(jpegs, **kwargs).numpy()
-    np.testing.assert_array_equal(P.eval_views(tf.constant(jpegs), **kwargs).numpy(), expected)
-    graph = tf.function(lambda x: P.eval_views(x, **kwargs, limits=P.InputLimits()))
+    views = EvalViews(**kwargs)
+    expected = _straightforward_views(jpegs, views).numpy()
+    np.testing.assert_array_equal(P.eval_views(tf.constant(jpegs), views).numpy(), expected)
+    graph = tf.function(lambda x: P.eval_views(x, views, limits=P.InputLimits()))
     np.testing.assert_array_equal(graph(tf.constant(jpegs)).numpy(), expected)  # with the caps
     decoded = P.decode_jpegs(tf.constant(jpegs)).numpy()
-    np.testing.assert_array_equal(P.eval_views_from_frames(decoded, **kwargs).numpy(), expected)
+    np.testing.assert_array_equal(P.eval_views_from_frames(decoded, views).numpy(), expected)

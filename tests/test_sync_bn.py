@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import vov3d_tf, keras, tensorflow as tf
-    from vov3d_tf.layers import BatchNorm
+    from vov3d_tf.model.layers import BatchNorm
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_sync_bn_on_one_replica_equals_the_fused_bn():
     import tensorflow as tf
-    from vov3d_tf.layers import BatchNorm
+    from vov3d_tf.model.layers import BatchNorm
     rng = np.random.default_rng(1)
     x = tf.constant((rng.standard_normal((2, 3, 4, 4, 2)) * 0.5 + [100.0, 1.0]).astype("float32"))
     fused, synced = BatchNorm(momentum=0.9), BatchNorm(momentum=0.9, synchronized=True)

@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vov3d_tf import training
+from vov3d_tf import create_model
+from vov3d_tf.adapters import model_from_config
 from vov3d_tf.config import config_from_dict, load_config, save_config
+from vov3d_tf.data.pipeline import count_records
+from vov3d_tf.train import distribute, optim, rundir, training
+from vov3d_tf.train.data import make_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 3
@@ -39,7 +43,7 @@ def tiny_config(data_dir, output_dir, **sections):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from vov3d_tf.data import write_synthetic_dataset
+    from vov3d_tf.data.build.synthetic import write_synthetic_dataset
     out = tmp_path_factory.mktemp("shards")
     write_synthetic_dataset(str(out), num_train=32, num_eval=8, num_frames=8, size=32,
                             num_classes=NUM_CLASSES, num_shards=2)
@@ -49,7 +53,7 @@ def shards(tmp_path_factory):
 # --- schedule, optimizer, adapter -------------------------------------------------------------
 
 def test_warmup_cosine_matches_the_reference_formula():
-    s = training.WarmupCosineDecay(peak_lr=0.2, total_steps=100, warmup_steps=10,
+    s = optim.WarmupCosineDecay(peak_lr=0.2, total_steps=100, warmup_steps=10,
                                    warmup_start_lr=0.01)
     lr = lambda e: 0.5 * 0.2 * (1 + math.cos(math.pi * e / 100))  # noqa: E731
     assert float(s(0)) == pytest.approx(0.01)
@@ -58,7 +62,7 @@ def test_warmup_cosine_matches_the_reference_formula():
     assert float(s(50)) == pytest.approx(0.1, rel=1e-6)
     assert float(s(100)) == pytest.approx(0.0, abs=1e-7)
     assert float(s(150)) == pytest.approx(0.0, abs=1e-7)  # never negative past the end
-    again = training.WarmupCosineDecay.from_config(s.get_config())
+    again = optim.WarmupCosineDecay.from_config(s.get_config())
     assert float(again(37)) == float(s(37))
 
 
@@ -67,10 +71,10 @@ def test_lr_scaling_and_weight_decay_exclusions():
                                       "blocks": [1, 1, 1, 1]},
                             "train": {"batch_size": 128, "base_lr": 0.1, "epochs": 10,
                                       "lr_reference_batch": 64, "optimizer": "keras"}})
-    assert training.scaled_learning_rate(cfg.train) == pytest.approx(0.2)
-    model = training.model_from_config(cfg.model)
+    assert optim.scaled_learning_rate(cfg.train) == pytest.approx(0.2)
+    model = model_from_config(cfg.model)
     assert (model.base_width, model.num_conv, model.blocks) == (8, 2, (1, 1, 1, 1))
-    opt = training.make_optimizer(cfg.train, model, steps_per_epoch=10)
+    opt = optim.make_optimizer(cfg.train, model, steps_per_epoch=10)
     assert opt.nesterov and opt.momentum == 0.9 and opt.weight_decay == pytest.approx(5e-5)
     assert float(opt.learning_rate) == pytest.approx(0.01)  # step 0: warm-up start
     decayed = {v.path for v in model.trainable_variables if opt._use_weight_decay(v)}
@@ -80,23 +84,23 @@ def test_lr_scaling_and_weight_decay_exclusions():
                                            if v.name == "bias")
     assert all(p.endswith(("gamma", "beta", "bias")) for p in kept)
     assert all(p.endswith("kernel") for p in decayed) and len(decayed) > 10
-    wrapped = training.make_optimizer(
+    wrapped = optim.make_optimizer(
         config_from_dict({"train": {"mixed_precision": "mixed_float16"}}).train, model, 10)
     assert isinstance(wrapped, keras.optimizers.LossScaleOptimizer)
-    from vov3d_tf.optim import ReferenceSGD  # the default form (tests/test_optim.py)
+    from vov3d_tf.train.optim import ReferenceSGD  # the default form (tests/test_optim.py)
     assert isinstance(wrapped.inner_optimizer, ReferenceSGD)
 
 
 def test_strategy_selection(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    strategy = training.select_strategy()
+    strategy = distribute.select_strategy()
     assert isinstance(strategy, tf.distribute.MirroredStrategy)
-    assert training._is_chief(strategy)
+    assert distribute.is_chief(strategy)
 
 
 def test_sync_bn_flags_every_batchnorm():
-    model = training.create_model("x3d_m", 4, base_width=8, blocks=(1, 1, 1, 1))
-    n = training.use_synchronized_batchnorm(model)
+    model = create_model("x3d_m", 4, base_width=8, blocks=(1, 1, 1, 1))
+    n = distribute.use_synchronized_batchnorm(model)
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert n == len(bns) > 5 and all(l.synchronized for l in bns)
 
@@ -121,10 +125,10 @@ def test_class_count_mismatch_is_an_error(shards, tmp_path):
 
 
 def test_count_records_from_manifest_and_files(shards, tmp_path):
-    assert training.count_records(f"{shards}/train-*.tfrecord") == 32
+    assert count_records(f"{shards}/train-*.tfrecord") == 32
     for f in glob.glob(f"{shards}/eval-*.tfrecord"):  # no manifest: counted by reading
         os.link(f, tmp_path / os.path.basename(f))
-    assert training.count_records(f"{tmp_path}/eval-*.tfrecord") == 8
+    assert count_records(f"{tmp_path}/eval-*.tfrecord") == 8
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -156,11 +160,11 @@ def test_tiny_run_end_to_end_then_not_retrained(shards, tmp_path, capsys):
 
     # The saved inference model is plain Keras and gives the evaluated numbers.
     model = keras.models.load_model(out / "last.keras")
-    assert model.count_params() == training.model_from_config(cfg.model).count_params()
+    assert model.count_params() == model_from_config(cfg.model).count_params()
     again = training.evaluate_run(cfg, weights=str(out / "last.keras"))
     assert again["top1"] == pytest.approx(result["top1"])
-    # The reported top-1, recomputed without vov3d_tf.evaluation: argmax of each video's logits.
-    _, eval_ds = training.make_datasets(cfg, training=False)
+    # The reported top-1, recomputed without vov3d_tf.train.evaluation: argmax of each video's logits.
+    _, eval_ds = make_datasets(cfg, training=False)
     hits = [np.argmax(model(views[:, 0], training=False), axis=-1) == labels
             for views, labels in eval_ds.as_numpy_iterator()]  # one view per video here
     hits = np.concatenate(hits)
@@ -181,8 +185,8 @@ def test_force_deletes_the_previous_run_only(tmp_path):
     for name in ("final_metrics.json", "history.csv", "best.keras", "notes.txt"):
         (out / name).write_text("{}")
     cfg = config_from_dict(tiny_config(str(tmp_path), out))
-    assert training._prepare_output_dir(cfg, "x.json", force=False, chief=True) == {}
-    assert training._prepare_output_dir(cfg, "x.json", force=True, chief=True) is None
+    assert rundir.prepare(cfg, "x.json", force=False, chief=True) == {}
+    assert rundir.prepare(cfg, "x.json", force=True, chief=True) is None
     assert sorted(os.listdir(out)) == ["config.json", "notes.txt"]  # only run files go
 
 

@@ -24,7 +24,7 @@ def _free_ports(n):
 
 
 def test_two_workers_on_localhost(tmp_path):
-    from vov3d_tf.data import write_synthetic_dataset
+    from vov3d_tf.data.build.synthetic import write_synthetic_dataset
     data = tmp_path / "shards"
     write_synthetic_dataset(str(data), num_train=32, num_eval=8, num_frames=8, size=32,
                             num_classes=3, num_shards=2)

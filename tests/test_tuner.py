@@ -1,8 +1,8 @@
-"""vov3d_tf.tuner: the search space and hp -> create_model / config mapping."""
+"""vov3d_tf.search.space: the search space and hp -> create_model / config mapping."""
 import keras_tuner as kt
 import pytest
 
-from vov3d_tf import tuner
+from vov3d_tf.search import space as tuner
 from vov3d_tf.config import config_from_dict
 
 

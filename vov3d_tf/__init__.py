@@ -8,10 +8,10 @@ speed figures use are one explicit call, made first by every command here::
     import vov3d_tf
     vov3d_tf.runtime.configure()      # before the first tensor (vov3d_tf/runtime.py)
 """
-from vov3d_tf import layers  # noqa: F401  (registers the custom layers)
+from vov3d_tf.model import layers  # noqa: F401  (registers the custom layers)
 from vov3d_tf import runtime  # noqa: F401  (vov3d_tf.runtime.configure)
-from vov3d_tf.models import MODEL_NAMES, VARIANTS, VideoClassifier, create_model
-from vov3d_tf.inference import fold_batchnorm
+from vov3d_tf.model.networks import MODEL_NAMES, VARIANTS, VideoClassifier, create_model
+from vov3d_tf.model.inference import fold_batchnorm
 
 __all__ = ["MODEL_NAMES", "VARIANTS", "VideoClassifier", "create_model", "fold_batchnorm",
            "runtime"]

@@ -2,7 +2,7 @@
 
 A config file is JSON with the sections `model`, `data`, `train`, `eval` and optionally
 `search`; every key is optional (defaults below, the paper's SSv2 recipe for VoV3D-M,
-ARCHITECTURE.md §12). Anything unknown, of the wrong type or out of range is a `ValueError`
+docs/architecture.md#training-recipe). Anything unknown, of the wrong type or out of range is a `ValueError`
 naming the file and the dotted key, raised before any model or data is built::
 
     cfg = load_config("configs/ssv2.json", overrides=["train.epochs=3", "model.blocks=[1,1,1,1]"])
@@ -12,7 +12,10 @@ JSON is taken as a string (`model.name=vov3d_l`). Relative paths in the config a
 to the working directory (run the commands from the repository root).
 
 The config stops at one adapter module (`vov3d_tf.adapters`: model, data and view arguments):
-layers and models never see it.
+layers and models never see it. The closed sets of values a key takes are named here (below),
+once: the library modules that check them import them from here, and this module imports no
+library module (the model's rules on `model.*`, owned by `vov3d_tf.model.networks`, are asked
+when a config is checked).
 """
 import dataclasses
 import json
@@ -21,14 +24,25 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from vov3d_tf import finetune, models, optim
-from vov3d_tf.adapters import eval_crop_size
-from vov3d_tf.data import preprocess
-from vov3d_tf.data.pipeline import ON_CORRUPT
-
 __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "SearchConfig",
            "SearchSpaceConfig", "load_config", "config_from_dict", "config_to_dict",
-           "save_config", "parse_override"]
+           "save_config", "parse_override", "apply_overrides", "add_config_arguments",
+           "config_from_args", "SAMPLING_MODES", "NUM_CROPS", "ON_CORRUPT", "OPTIMIZER_FORMS",
+           "LR_POLICIES", "STAGES", "FREEZE_CHOICES", "PRECISIONS", "TUNERS"]
+
+# ----------------------------------------------------------------------------------------------
+# Allowed values (the closed sets of config keys, also checked by the library)
+# ----------------------------------------------------------------------------------------------
+
+SAMPLING_MODES = ("segment", "dense")  # Something-Something / Kinetics sampling (§12)
+NUM_CROPS = (1, 3)  # test crops per clip: the centre, or left/centre/right (uniform_crop)
+ON_CORRUPT = ("skip", "fail")  # a corrupt record is skipped and counted, or an error
+OPTIMIZER_FORMS = ("reference", "keras")  # torch.optim.SGD's step, or Keras' SGD
+LR_POLICIES = ("cosine", "steps_with_relative_lrs")  # after the warm-up (PySlowFast's names)
+STAGES = ("stem", "s2", "s3", "s4", "s5")  # the network's stages in order (layer name prefixes)
+FREEZE_CHOICES = ("none", "backbone") + STAGES  # train.freeze: nothing, all but the head, up to
+PRECISIONS = ("mixed_float16", "mixed_bfloat16")  # train.mixed_precision (null: float32)
+TUNERS = ("random", "bayesian", "hyperband")  # keras-tuner oracles
 
 
 # Field metadata: "range" (numeric bounds), "choices" (a closed set of numbers; strings use
@@ -49,7 +63,7 @@ def _positive():
 @dataclass(frozen=True)
 class ModelConfig:
     """`vov3d_tf.create_model(name, num_classes, **overrides)`; null = the variant's default."""
-    name: Literal[models.MODEL_NAMES] = "vov3d_m"
+    name: str = "vov3d_m"  # one of vov3d_tf.MODEL_NAMES (checked by vov3d_tf.model.networks)
     num_classes: int = field(default=174, metadata=_positive())
     base_width: Optional[int] = field(default=None, metadata=_positive())
     num_conv: Optional[int] = field(default=None, metadata=_positive())  # VoV3D only
@@ -60,7 +74,7 @@ class ModelConfig:
     head_pool_size: Optional[tuple[int, ...]] = field(default=None,
                                                       metadata={"length": 3, **_positive()})
     # Start a fresh run from these weights: a .keras of this project, or an official PySlowFast
-    # .pth/.pyth/.npz (through vov3d_tf.convert). A different num_classes re-initialises the
+    # .pth/.pyth/.npz (through vov3d_tf.model.convert). A different num_classes re-initialises the
     # classifier; a resumed run takes its own checkpoint instead.
     init_weights: Optional[str] = None
 
@@ -73,7 +87,7 @@ class DataConfig:
     labels_file: Optional[str] = None  # one class per line; null = the manifest's label list
     num_frames: int = field(default=16, metadata=_positive())
     crop_size: int = field(default=224, metadata=_positive())
-    sampling: Literal[preprocess.SAMPLING_MODES] = "segment"  # Something-Something / Kinetics
+    sampling: Literal[SAMPLING_MODES] = "segment"  # Something-Something / Kinetics
     sampling_rate: int = field(default=1, metadata=_positive())  # frame stride (dense only)
     train_short_side: tuple[int, ...] = field(default=(256, 320),
                                               metadata={"length": 2, **_positive()})
@@ -82,12 +96,13 @@ class DataConfig:
     test_short_side: int = field(default=256, metadata=_positive())
     test_crop_size: Optional[int] = field(default=None, metadata=_positive())  # null = short side
     on_corrupt: Literal[ON_CORRUPT] = "skip"
-    # Record keys (vov3d_tf.data.format): frames feature list and int64 class indices; set them
-    # for shards written by other tools (Model Garden's image_field_key / label_field_key).
-    image_key: str = "image/encoded"
-    label_key: str = "clip/label/index"
+    # Record keys: the frames' feature list and the int64 class indices; null = the shard
+    # format's (vov3d_tf/data/format.py, also Model Garden's and DMVR's). Set them for shards
+    # written by other tools (Model Garden's image_field_key / label_field_key).
+    image_key: Optional[str] = None
+    label_key: Optional[str] = None
     shuffle_frames: bool = False  # control experiment: destroy frame order in train and eval
-    # Demo only: keyword arguments of vov3d_tf.data.synthetic.write_synthetic_dataset; the
+    # Demo only: keyword arguments of vov3d_tf.data.build.synthetic.write_synthetic_dataset; the
     # shards are written when `train_files` matches nothing (null = never generate data).
     synthetic: Optional[dict] = None
 
@@ -103,20 +118,20 @@ class TrainConfig:
     warmup_start_lr: float = field(default=0.01, metadata=_range(0.0))
     # LR policy after the warm-up: `cosine` (ends at 0) or PySlowFast's `steps_with_relative_lrs`
     # (lr = peak * lr_relative[i] from epoch lr_steps[i]; lr_steps starts at 0).
-    lr_policy: Literal[optim.LR_POLICIES] = "cosine"
+    lr_policy: Literal[LR_POLICIES] = "cosine"
     lr_steps: Optional[tuple[float, ...]] = field(default=None, metadata=_range(0.0))
     lr_relative: Optional[tuple[float, ...]] = field(default=None, metadata=_positive())
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))
     nesterov: bool = True
     # `reference`: torch.optim.SGD's step (coupled L2 decay on the parameters whose official
-    # name has no "bn", vov3d_tf.optim); `keras`: Keras' SGD (decoupled decay, kernels only).
-    optimizer: Literal[optim.OPTIMIZER_FORMS] = "reference"
+    # name has no "bn", vov3d_tf.train.optim); `keras`: Keras' SGD (decoupled decay, kernels only).
+    optimizer: Literal[OPTIMIZER_FORMS] = "reference"
     weight_decay: float = field(default=5e-5, metadata=_range(0.0))
     # Parameters not trained: `none`, `backbone` (train the head only), or every stage up to
     # and including the named one (`stem`, `s2` ... `s5`); frozen BNs run in inference mode.
-    freeze: Literal[finetune.FREEZE_CHOICES] = "none"
+    freeze: Literal[FREEZE_CHOICES] = "none"
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
-    mixed_precision: Optional[Literal["mixed_float16", "mixed_bfloat16"]] = None
+    mixed_precision: Optional[Literal[PRECISIONS]] = None
     sync_bn: bool = False  # BN statistics over all replicas instead of per replica
     output_dir: str = "runs/ssv2_vov3d_m"
     checkpoint_every_steps: int = field(default=500, metadata=_positive())
@@ -130,7 +145,7 @@ class EvalConfig:
     """The paper's multi-view test: clips x crops views, softmax summed per video."""
     batch_size: int = field(default=8, metadata=_positive())  # videos per batch
     num_clips: int = field(default=2, metadata=_positive())
-    num_crops: int = field(default=3, metadata={**_range(1, 3), "choices": preprocess.NUM_CROPS})
+    num_crops: int = field(default=3, metadata={**_range(1, 3), "choices": NUM_CROPS})
     every_epochs: int = field(default=0, metadata=_range(0))  # 0 = only after training
     # Views per forward pass (null = a whole batch's batch_size x clips x crops views at once):
     # bounds the activation memory of the test, same results (e.g. 6 for Kinetics' 30 views).
@@ -152,7 +167,7 @@ class SearchSpaceConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     """Keras Tuner width/depth search (used by the search engineer's code)."""
-    tuner: Literal["random", "bayesian", "hyperband"] = "random"
+    tuner: Literal[TUNERS] = "random"
     max_trials: int = field(default=10, metadata=_positive())
     epochs_per_trial: int = field(default=1, metadata=_positive())
     objective: str = "val_top1"
@@ -272,20 +287,25 @@ def _check_consistency(cfg, source):
     def err(key, msg):
         return ValueError(f"{source}: {key}: {msg}")
 
+    from vov3d_tf.model import networks  # the families' rules live beside the builder
+
     m = cfg.model
-    family = models.model_family(m.name)
-    if m.num_conv is not None and not models.has_num_conv(family):
+    try:
+        family = networks.model_family(m.name)
+    except ValueError as e:
+        raise err("model.name", str(e)) from None
+    if m.num_conv is not None and not networks.has_num_conv(family):
         raise err("model.num_conv", f"applies to VoV3D only, not {m.name!r}; use null")
-    if m.base_width is not None and models.base_width_error(family, m.base_width):
-        raise err("model.base_width", models.base_width_error(family, m.base_width))
+    if m.base_width is not None and networks.base_width_error(family, m.base_width):
+        raise err("model.base_width", networks.base_width_error(family, m.base_width))
     lo, hi = cfg.data.train_short_side
     if lo > hi:
         raise err("data.train_short_side", f"expected [min, max] with min <= max, got [{lo}, {hi}]")
     if lo < cfg.data.crop_size:
         raise err("data.train_short_side", f"min {lo} is smaller than data.crop_size "
                                            f"{cfg.data.crop_size}")
-    test_crop = eval_crop_size(cfg.data)
-    if test_crop > cfg.data.test_short_side:
+    test_crop = cfg.data.test_crop_size
+    if test_crop is not None and test_crop > cfg.data.test_short_side:
         raise err("data.test_crop_size", f"{test_crop} exceeds data.test_short_side "
                                          f"{cfg.data.test_short_side}")
     if cfg.data.sampling == "segment" and cfg.data.sampling_rate != 1:
@@ -318,7 +338,7 @@ def _check_synthetic_kwargs(kwargs, source):
     """`data.synthetic` must be keyword arguments of the synthetic-data writer."""
     import inspect
     try:
-        from vov3d_tf.data import synthetic
+        from vov3d_tf.data.build import synthetic
     except ImportError:  # the data package is optional for config handling
         return
     params = inspect.signature(synthetic.write_synthetic_dataset).parameters
@@ -412,3 +432,26 @@ def save_config(cfg, path):
     """Write `cfg` as indented JSON (the resolved config: every key, defaults included)."""
     from vov3d_tf import fileio
     fileio.write_text(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")
+
+
+def add_config_arguments(parser, *, required=True, default_help=None):
+    """The two flags of every command that reads a config: `--config FILE` and
+    `--set SECTION.KEY=VALUE [...]` (repeatable, several overrides per flag)."""
+    parser.add_argument("--config", required=required,
+                        help="experiment JSON (configs/*.json)" + (
+                            "" if required else f" (default: {default_help})"))
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override a config key (the value is parsed as JSON, else taken "
+                             "as a string), e.g. train.epochs=3; repeatable")
+
+
+def config_from_args(args):
+    """(Config, source) from `add_config_arguments`' flags: `--config` with the `--set`
+    overrides, or the defaults (the paper's SSv2 recipe) with them when there is no `--config`.
+    `source` names both, for error messages."""
+    overrides = list(args.overrides)
+    sets = f" (with --set {' '.join(overrides)})" if overrides else ""
+    if args.config:
+        return load_config(args.config, overrides), args.config + sets
+    return config_from_dict(apply_overrides({}, overrides), "defaults" + sets), "defaults" + sets

@@ -7,7 +7,7 @@ is what the tests use to prove that nothing assumes a local disk.
 
     open(path, mode)            a gfile handle (file-like: read/write/seek/tell), for PyAV/PIL too
     exists, isdir, glob, listdir, walk, makedirs, remove, rename, getsize
-    read_text / write_text, read_json / write_json, read_bytes
+    read_text / write_text, read_json / write_json, read_bytes, sha256
     atomic_write_text / atomic_write_bytes   the final name is never a half-written file
     local_copy(path)            a local path to read, for a library that cannot take a handle
     local_output(path)          a local path to write, copied to `path` when the block ends
@@ -19,6 +19,7 @@ becomes visible only once complete), but a crash between copy and delete can lea
 `.tmp-` object behind; the shard builder removes such leftovers at its next run.
 """
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -136,6 +137,15 @@ def getsize(path):
 def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def sha256(path, chunk=1 << 20):
+    """Hex SHA-256 of the file at `path`, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_text(path):

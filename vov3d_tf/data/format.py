@@ -28,6 +28,14 @@ SHARD_NAME = "{split}-{index:05d}-of-{count:05d}.tfrecord"
 GZIP_SUFFIX = ".gz"
 MANIFEST_NAME = "manifest.json"
 
+# The stored frames (the builder's frame policy, `video_io`; predict and the serving client read
+# a video file the same way): short side resized to SHORT_SIDE (never upscaled), JPEG at
+# JPEG_QUALITY, RGB. Dense sampling (Kinetics) is defined at DENSE_FPS: PySlowFast decodes
+# Kinetics at TARGET_FPS 30, so the builder stores Kinetics at that rate.
+SHORT_SIDE = 256
+JPEG_QUALITY = 90
+DENSE_FPS = 30.0
+
 
 def shard_name(split, index, count, gzip=False):
     """File name of shard `index` (0-based) of `count` for `split`."""

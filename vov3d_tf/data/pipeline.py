@@ -1,4 +1,9 @@
-"""`make_dataset`: shards -> batches of normalized clips, with the paper's sampling (section 12).
+"""Reading shards: batches of normalized training clips or test views, with the paper's sampling.
+
+    train_dataset(files, TrainClip(...), batch_size=B, read=ReadOptions(...), seed=...)
+    eval_dataset(files, EvalViews(...), batch_size=B, read=ReadOptions(...), with_filename=...)
+
+Both run one reader (as Model Garden's video_input.py separates its decoder from its parser):
 
     files --(file-level shard per worker/replica, shuffle)--> parallel interleave of TFRecord
     readers --(record shuffle)--> parallel parse + gather sampled frames + decode + augment
@@ -14,9 +19,12 @@ Eval elements:     (views float32 (B, V, T, c, c, 3), labels int32 (B,)), V = nu
                    clip-major; sum the softmaxes of a video's V views. With `with_filename`:
                    (views, labels, filenames string (B,)) (`video/filename`, for prediction files).
 
-Hidden labels (a test split, manifest `hidden_labels`: build_shards writes its records with empty
+Hidden labels (a test split, manifest `hidden_labels`: the builder writes its records with empty
 label lists): at eval their label is -1; training on such shards is refused, naming the file and
 split (`check_labelled`).
+
+Also here: `resolve_files` (a pattern's files, record counts and compression), `count_records`,
+`shuffle_frames` (the "learns time" control), the corrupt-record counters.
 """
 import collections
 import functools
@@ -32,15 +40,9 @@ from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
 from vov3d_tf.data import shards
 from vov3d_tf.data.labels import read_labels
+from vov3d_tf.data.specs import EvalViews, ReadOptions, TrainClip
 
 AUTOTUNE = tf.data.AUTOTUNE
-ON_CORRUPT = ("skip", "fail")
-
-# Paper defaults per sampling mode (ARCHITECTURE.md section 12): SS / Kinetics.
-DEFAULTS = {
-    "segment": {"sampling_rate": 1, "inverse_uniform": True, "random_flip": False, "num_clips": 2},
-    "dense": {"sampling_rate": 5, "inverse_uniform": False, "random_flip": True, "num_clips": 10},
-}
 
 _skipped = collections.Counter()
 _skipped_lock = threading.Lock()
@@ -67,7 +69,7 @@ def _report_skip(path, index, lost):
               f"(truncated or corrupt shard); skipped", file=sys.stderr, flush=True)
     else:
         print(f"vov3d_tf.data: WARNING: {path}: record {index} cannot be parsed/decoded; skipped "
-              f"(`python -m vov3d_tf.data.validate` names the reason)", file=sys.stderr, flush=True)
+              f"(`vov3d-validate` names the reason)", file=sys.stderr, flush=True)
     return np.int64(lost)
 
 
@@ -93,7 +95,7 @@ def resolve_files(file_pattern, split=None):
 def _resolve(file_pattern, split=None):
     """`resolve_files`, and {path: (split, manifest path)} for those files that belong to a
     split whose labels are hidden (manifest `hidden_labels`: a test split written by
-    build_shards), from the same manifest reads."""
+    the builder), from the same manifest reads."""
     if isinstance(file_pattern, (list, tuple)):
         paths = [os.fspath(p) for p in file_pattern]
     elif isinstance(file_pattern, os.PathLike):
@@ -169,131 +171,115 @@ def _read_file(path, expected, *, compression, on_corrupt, counts_known):
             .map(lambda p, i, s, is_end: (p, i, s)))
 
 
-def make_dataset(file_pattern, *, training, num_frames=16, batch_size=8, split=None,
-                 sampling="segment", sampling_rate=None, crop_size=preprocess.CROP_SIZE,
-                 scale_range=preprocess.TRAIN_SCALE_RANGE, inverse_uniform=None, random_flip=None,
-                 test_short_side=preprocess.TEST_SHORT_SIDE, test_crop_size=None, num_clips=None,
-                 num_crops=3, random_test_segments=False, shuffle=None, shuffle_buffer=64,
-                 seed=None, repeat=False,
-                 num_shards=1, shard_index=0, input_context=None, on_corrupt="skip",
-                 drop_remainder=None, deterministic=None, num_parallel_calls=AUTOTUNE,
-                 prefetch=None, with_filename=False, image_key=fmt.IMAGE_KEY,
-                 label_key=fmt.LABEL_INDEX_KEY):
-    """A tf.data pipeline over video shards.
+def train_dataset(file_pattern, clip=TrainClip(), *, batch_size, read=ReadOptions(), split=None,
+                  seed=None, shuffle=True, repeat=True, drop_remainder=True, input_context=None,
+                  num_shards=1, shard_index=0):
+    """Training batches `(clips float32 (B, T, c, c, 3), labels int32 (B,))` of `clip` (a
+    `TrainClip`): only the sampled frames are decoded (only the crop's window of each), with
+    random short-side scale, crop and flip.
 
-    Args:
-      file_pattern: glob of shard files, list of paths, or a shard directory (with `split`).
-      training: random sampling/augmentation and (B, T, c, c, 3) clips if True; deterministic
-        multi-view test protocol and (B, V, T, c, c, 3) views if False.
-      num_frames: T frames per clip.
-      batch_size: videos per batch of this dataset (per replica with `input_context`).
-      sampling: "segment" (Something-Something) or "dense" (Kinetics); None-valued options
-        below take the paper's default for it (DEFAULTS).
-      sampling_rate: frame stride of dense sampling (5 at 30 fps); 1 for segment.
-      crop_size: training crop (224).
-      scale_range: training short side range [lo, hi] (256, 320).
-      inverse_uniform: short side = round(1 / U(1/hi, 1/lo)) (SS configs) instead of U(lo, hi).
-      random_flip: horizontal flip p = 0.5 in training (Kinetics only by default).
-      test_short_side, test_crop_size: test resize and crop (256, 256 = the short side).
-      num_clips, num_crops: test views per video (2 x 3 for segment, 10 x 3 for dense).
-      random_test_segments: segment sampling at test draws a random frame per segment for each
-        clip (the reference implementation's protocol; reproducible, from `seed` or 0) instead
-        of fixed positions (k + 0.5) / num_clips in each segment.
-      shuffle: shuffle files and records (default: = training); shuffle_buffer: records
-        held for shuffling (each is a whole video's JPEGs: mind the memory).
-      seed: makes shuffling and augmentation reproducible (and the order deterministic).
-      repeat: repeat forever (for step-based training).
-      num_shards, shard_index: file-level sharding (this pipeline reads files[shard_index::
-        num_shards]); `input_context` (tf.distribute.InputContext) overrides both.
-      on_corrupt: "skip" (warn naming the file and record, count in corrupt_record_counts())
-        or "fail" (raise naming them).
-      drop_remainder: default = training.
-      deterministic: element order reproducible (default: with a seed, or at eval).
-      num_parallel_calls: records processed at once (AUTOTUNE: up to one per core); each holds
-        its output in memory (eval: V x T x c x c x 3 floats, 377 MB for 30 views at 256).
-      prefetch: batches prepared ahead (default AUTOTUNE in training, 1 at eval).
-      with_filename: eval only: elements (views, labels, filenames), each video's
-        `video/filename`; a record without a label gets label -1 (hidden test labels, e.g. the
-        Something-Something test split) instead of counting as corrupt. Without it, records
-        of a split whose manifest says `hidden_labels` get -1 too; a label-less record of a
-        labelled split counts as corrupt.
-      image_key, label_key: the records' feature list of JPEG frames and context int64 class
-        indices (for shards written by other tools, e.g. Model Garden's image_field_key /
-        label_field_key; files need no .tfrecord extension: pass a glob or a list).
+    `file_pattern`: a glob of shard files, a list of paths, or a shard directory (with
+    `split`). `batch_size`: videos per batch of this dataset (per replica with
+    `input_context`). `seed`: shuffling and augmentation reproducible (and the element order
+    deterministic). `shuffle`: files and records (`read.shuffle_buffer` records). `repeat`:
+    forever (step-based training). `num_shards` / `shard_index`: file-level sharding (this
+    pipeline reads files[shard_index::num_shards]); `input_context` (tf.distribute) overrides
+    both. A split whose labels are hidden is refused, naming the file.
     """
-    if sampling not in DEFAULTS:
-        raise ValueError(f"sampling must be one of {tuple(DEFAULTS)}, got {sampling!r}")
-    if with_filename and training:
-        raise ValueError("with_filename is for evaluation (training=False)")
-    if on_corrupt not in ON_CORRUPT:
-        raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
-    for name, value in (("num_frames", num_frames), ("batch_size", batch_size),
-                        ("num_crops", num_crops), ("num_shards", num_shards)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    d = DEFAULTS[sampling]
-    sampling_rate = d["sampling_rate"] if sampling_rate is None else sampling_rate
-    inverse_uniform = d["inverse_uniform"] if inverse_uniform is None else inverse_uniform
-    random_flip = d["random_flip"] if random_flip is None else random_flip
-    num_clips = d["num_clips"] if num_clips is None else num_clips
-    test_crop_size = test_short_side if test_crop_size is None else test_crop_size
-    shuffle = training if shuffle is None else shuffle
-    drop_remainder = training if drop_remainder is None else drop_remainder
-    deterministic = (seed is not None or not training) if deterministic is None else deterministic
-    if training:
-        preprocess.check_crop_size(min(scale_range), crop_size, "make_dataset scale_range")
+    _check_batch(batch_size, num_shards)
+    files, compression, _, seeds = _reader_setup(
+        file_pattern, split, read, seed, input_context, num_shards, shard_index, training=True)
+    if seed is None:
+        seeds = (None, None, None)  # random file order, record order and augmentation
+    if clip.sampling == "dense":
+        check_frame_rate([p for p, _ in files], clip.sampling_rate, clip.num_frames)
+    deterministic = seed is not None if read.deterministic is None else read.deterministic
+    ds = _read_records(files, compression, on_corrupt=read.on_corrupt, shuffle=shuffle,
+                       shuffle_buffer=read.shuffle_buffer, file_seed=seeds[0],
+                       record_seed=seeds[1], repeat=repeat, deterministic=deterministic)
+    ds = _with_seeds(ds, seeds[2], rerandomize_each_iteration=True)
+    parse = functools.partial(parse_train_record, clip=clip, image_key=read.image_key,
+                              label_key=read.label_key)
+    ds = _parse_or_skip(ds, parse, [clip.num_frames, clip.crop_size, clip.crop_size, 3],
+                        on_corrupt=read.on_corrupt, num_parallel_calls=read.num_parallel_calls,
+                        deterministic=deterministic)
+    return _batched(ds, batch_size, drop_remainder, deterministic,
+                    AUTOTUNE if read.prefetch is None else read.prefetch)
+
+
+def eval_dataset(file_pattern, views=EvalViews(), *, batch_size, read=ReadOptions(), split=None,
+                 with_filename=False, random_segments=False, seed=None, drop_remainder=False,
+                 input_context=None, num_shards=1, shard_index=0):
+    """Test batches `(views float32 (B, V, T, c, c, 3), labels int32 (B,))` of `views` (an
+    `EvalViews`; V = num_clips x num_crops, clip-major; sum the softmaxes of a video's views),
+    in file order.
+
+    `with_filename`: elements `(views, labels, filenames)`, each video's `video/filename`; a
+    record without a label then gets -1 (hidden test labels) instead of counting as corrupt.
+    Without it, records of a split whose manifest says `hidden_labels` get -1 too, and a
+    label-less record of a labelled split counts as corrupt. `random_segments`: segment sampling
+    draws a random frame per segment for each clip (the reference implementation's protocol;
+    reproducible, from `seed` or 0) instead of the fixed positions (k + 0.5) / num_clips.
+    The other arguments are `train_dataset`'s.
+    """
+    _check_batch(batch_size, num_shards)
+    files, compression, hidden, seeds = _reader_setup(
+        file_pattern, split, read, seed, input_context, num_shards, shard_index, training=False)
+    hidden_files = tuple(sorted(p for p, _ in files if p in hidden))
+    if views.sampling == "dense":
+        check_frame_rate([p for p, _ in files], views.sampling_rate, views.num_frames)
+    deterministic = True if read.deterministic is None else read.deterministic
+    ds = _read_records(files, compression, on_corrupt=read.on_corrupt, shuffle=False,
+                       shuffle_buffer=read.shuffle_buffer, file_seed=None, record_seed=None,
+                       repeat=False, deterministic=deterministic)
+    if random_segments:  # reproducible, from `seed` (or 0)
+        ds = _with_seeds(ds, seeds[2])
     else:
-        preprocess.check_crop_size(test_short_side, test_crop_size, "make_dataset test_short_side")
+        ds = ds.map(lambda p, i, s: (p, i, s, tf.zeros([2], tf.int64)))
+    parse = functools.partial(parse_eval_record, views=views, random_segments=random_segments,
+                              with_filename=with_filename, hidden_files=hidden_files,
+                              image_key=read.image_key, label_key=read.label_key)
+    ds = _parse_or_skip(ds, parse, [views.num_views, *views.view_shape],
+                        on_corrupt=read.on_corrupt, num_parallel_calls=read.num_parallel_calls,
+                        deterministic=deterministic, with_filename=with_filename)
+    return _batched(ds, batch_size, drop_remainder, deterministic,
+                    1 if read.prefetch is None else read.prefetch)
+
+
+def _check_batch(batch_size, num_shards):
+    for name, value in (("batch_size", batch_size), ("num_shards", num_shards)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _reader_setup(file_pattern, split, read, seed, input_context, num_shards, shard_index, *,
+                  training):
+    """The one reader's setup: this pipeline's files, the compression, the hidden-label files
+    (refused in training, naming the file) and the (file, record, augmentation) seeds drawn
+    from `seed` or 0; the record keys checked on the first record."""
     if input_context is not None:
         num_shards, shard_index = input_context.num_input_pipelines, input_context.input_pipeline_id
     # One seed per random step (file order, record order, augmentation), all from `seed`.
-    seeds = [int(s) for s in np.random.SeedSequence(0 if seed is None else seed).generate_state(3)]
-    file_seed, record_seed, aug_seed = seeds if seed is not None else (None, None, None)
-
+    seeds = [int(x) for x in np.random.SeedSequence(0 if seed is None else seed).generate_state(3)]
     all_files, compression, hidden = _resolve(file_pattern, split)
     if training:
         _refuse_hidden(hidden, len(all_files), file_pattern, "training")
     files = _shard_files(all_files, file_pattern, num_shards, shard_index)
-    check_record_keys(files[0][0], compression, image_key, label_key, need_label=training)
-    hidden_files = () if training else tuple(sorted(p for p, _ in files if p in hidden))
-    if sampling == "dense":
-        check_frame_rate([p for p, _ in files], sampling_rate, num_frames)
-    ds = _read_records(files, compression, on_corrupt=on_corrupt, shuffle=shuffle,
-                       shuffle_buffer=shuffle_buffer, file_seed=file_seed,
-                       record_seed=record_seed, repeat=repeat, deterministic=deterministic)
-    if training:
-        ds = _with_seeds(ds, aug_seed, rerandomize_each_iteration=True)
-        parse = functools.partial(
-            parse_train_record, num_frames=num_frames, crop_size=crop_size, sampling=sampling,
-            sampling_rate=sampling_rate, scale_range=scale_range,
-            inverse_uniform=inverse_uniform, random_flip=random_flip, image_key=image_key,
-            label_key=label_key)
-        out_shape = [num_frames, crop_size, crop_size, 3]
-    else:
-        if random_test_segments:  # reference protocol: random frame per segment and view,
-            ds = _with_seeds(ds, seeds[2])  # reproducible (from `seed`, or 0)
-        else:
-            ds = ds.map(lambda p, i, s: (p, i, s, tf.zeros([2], tf.int64)))
-        parse = functools.partial(
-            parse_eval_record, num_frames=num_frames, crop_size=test_crop_size,
-            sampling=sampling, sampling_rate=sampling_rate, short_side=test_short_side,
-            num_clips=num_clips, num_crops=num_crops, random_segments=random_test_segments,
-            with_filename=with_filename, hidden_files=hidden_files, image_key=image_key,
-            label_key=label_key)
-        out_shape = [num_clips * num_crops, num_frames, test_crop_size, test_crop_size, 3]
-    ds = _parse_or_skip(ds, parse, out_shape, on_corrupt=on_corrupt,
-                        num_parallel_calls=num_parallel_calls, deterministic=deterministic,
-                        with_filename=with_filename)
+    check_record_keys(files[0][0], compression, read.image_key, read.label_key,
+                      need_label=training)
+    return files, compression, hidden, seeds
+
+
+def _batched(ds, batch_size, drop_remainder, deterministic, prefetch):
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic
     options.experimental_optimization.map_parallelization = True
-    ds = ds.with_options(options)
-    return ds.prefetch((AUTOTUNE if training else 1) if prefetch is None else prefetch)
+    return ds.with_options(options).prefetch(prefetch)
 
 
 # ----------------------------------------------------------------------------------------------
-# The steps of make_dataset: files -> records -> (seeded) parse, corrupt records handled
+# The steps: files -> records -> (seeded) parse, corrupt records handled: files -> records -> (seeded) parse, corrupt records handled
 # ----------------------------------------------------------------------------------------------
 
 def _shard_files(files, file_pattern, num_shards, shard_index):
@@ -333,21 +319,16 @@ def _with_seeds(ds, seed, **random_kwargs):
     return tf.data.Dataset.zip((ds, seeds)).map(lambda r, s: (*r, s))
 
 
-def parse_train_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
-                       sampling_rate, scale_range, inverse_uniform, random_flip,
-                       image_key=fmt.IMAGE_KEY, label_key=fmt.LABEL_INDEX_KEY):
+def parse_train_record(path, index, serialized, seed, *, clip, image_key=fmt.IMAGE_KEY,
+                       label_key=fmt.LABEL_INDEX_KEY):
     """One training record -> (clip float32 (T, c, c, 3), label int32): decode only the sampled
     frames, random short-side scale, random crop, optional flip (`preprocess.train_clip`)."""
     rec = fmt.parse_sequence_example(serialized, image_key, label_key)
-    clip = preprocess.train_clip(
-        rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
-        sampling_rate=sampling_rate, scale_range=scale_range, inverse_uniform=inverse_uniform,
-        flip=random_flip, seed=seed)
-    return clip, _first_label(rec, path, index)
+    return (preprocess.train_clip(rec["frames"], clip, seed=seed),
+            _first_label(rec, path, index))
 
 
-def parse_eval_record(path, index, serialized, seed, *, num_frames, crop_size, sampling,
-                      sampling_rate, short_side, num_clips, num_crops, random_segments=False,
+def parse_eval_record(path, index, serialized, seed, *, views, random_segments=False,
                       with_filename=False, hidden_files=(), image_key=fmt.IMAGE_KEY,
                       label_key=fmt.LABEL_INDEX_KEY):
     """One eval record -> (views float32 (V, T, c, c, 3), label int32): the multi-view test
@@ -355,15 +336,13 @@ def parse_eval_record(path, index, serialized, seed, *, num_frames, crop_size, s
     `with_filename`: (views, (label or -1 when the record has none, video/filename)).
     `hidden_files`: shard paths of splits with hidden labels, whose records get -1."""
     rec = fmt.parse_sequence_example(serialized, image_key, label_key)
-    views = preprocess.eval_views(
-        rec["frames"], num_frames=num_frames, crop_size=crop_size, sampling=sampling,
-        sampling_rate=sampling_rate, short_side=short_side, num_clips=num_clips,
-        num_crops=num_crops, segment_seed=seed if random_segments else None)
+    x = preprocess.eval_views(rec["frames"], views,
+                              segment_seed=seed if random_segments else None)
     if with_filename:
-        return views, (_label_or_unknown(rec), rec["filename"])
+        return x, (_label_or_unknown(rec), rec["filename"])
     if hidden_files:
-        return views, _label_or_hidden(rec, path, index, hidden_files)
-    return views, _first_label(rec, path, index)
+        return x, _label_or_hidden(rec, path, index, hidden_files)
+    return x, _first_label(rec, path, index)
 
 
 def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, deterministic,
@@ -385,8 +364,8 @@ def _parse_or_skip(ds, parse, out_shape, *, on_corrupt, num_parallel_calls, dete
     def keep(x, y, ok, path, index):
         if on_corrupt == "fail":
             check = tf.debugging.Assert(ok, [
-                "corrupt record", index, "in", path, "(cannot parse/decode; run python -m "
-                "vov3d_tf.data.validate on the shard directory for the reason)"])
+                "corrupt record", index, "in", path, "(cannot parse/decode; run vov3d-validate "
+                "on the shard directory for the reason)"])
             with tf.control_dependencies([check]):
                 return tf.identity(ok)
         reported = tf.cond(ok, lambda: tf.constant(0, tf.int64), lambda: tf.numpy_function(
@@ -443,7 +422,6 @@ def check_record_keys(path, compression, image_key, label_key, need_label=False)
                          f"a test split?); training needs labelled shards")
 
 
-DENSE_REFERENCE_FPS = 30.0  # the paper's dense sampling (16 x stride 5) is defined at 30 fps
 _frame_rate_warned = set()
 
 
@@ -467,14 +445,14 @@ def check_frame_rate(paths, sampling_rate, num_frames=16):
         print(f"vov3d_tf.data: WARNING: the stored frame rate of {list(folders)} is unknown (no "
               f"manifest, frame folders, or videos kept at different native rates); dense "
               f"sampling takes every {sampling_rate}th stored frame as it is, defined for "
-              f"{DENSE_REFERENCE_FPS:g} fps (build with --fps 30 to fix the rate)",
+              f"{fmt.DENSE_FPS:g} fps (build with --fps 30 to fix the rate)",
               file=sys.stderr, flush=True)
-    elif abs(rate - DENSE_REFERENCE_FPS) > 1e-3:
+    elif abs(rate - fmt.DENSE_FPS) > 1e-3:
         _frame_rate_warned.add(folders)
         print(f"vov3d_tf.data: WARNING: shards in {list(folders)} are stored at {rate:g} fps; "
-              f"dense sampling's stride {sampling_rate} is defined at {DENSE_REFERENCE_FPS:g} fps "
+              f"dense sampling's stride {sampling_rate} is defined at {fmt.DENSE_FPS:g} fps "
               f"(a window spans {num_frames * sampling_rate / rate:.2f} s instead of "
-              f"{num_frames * sampling_rate / DENSE_REFERENCE_FPS:.2f} s for {num_frames} "
+              f"{num_frames * sampling_rate / fmt.DENSE_FPS:.2f} s for {num_frames} "
               f"frames)",
               file=sys.stderr, flush=True)
     return rate
@@ -507,3 +485,26 @@ def _first_label(rec, path, index):
                                                              "has no", fmt.LABEL_INDEX_KEY])
     with tf.control_dependencies([check]):
         return tf.cast(rec["labels"][0], tf.int32)
+
+
+def count_records(pattern):
+    """Records matched by a shard pattern: manifest counts, else read through the files."""
+    if not fileio.glob(pattern):
+        return 0
+    files, compression = resolve_files(pattern)
+    return sum(expected if expected >= 0 else
+               sum(1 for _ in tf.data.TFRecordDataset(path, compression))
+               for path, expected in files)
+
+
+def shuffle_frames(ds, seed, time_axis):
+    """Permute the frames of every clip (train, `time_axis` 1) or of every video's views (eval,
+    `time_axis` 2) at random."""
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def shuffle(xy, s):
+        x, *rest = xy  # rest: labels (and filenames)
+        keys = tf.random.stateless_uniform(tf.stack([tf.shape(x)[0], tf.shape(x)[time_axis]]),
+                                           seed=s)
+        return (tf.gather(x, tf.argsort(keys, axis=1), axis=time_axis, batch_dims=1), *rest)
+    return tf.data.Dataset.zip((ds, seeds)).map(shuffle)

@@ -4,7 +4,8 @@ Every function here is graph-safe (no Python control flow on tensor values), so 
 runs in the tf.data training pipeline, in evaluation, in `predict` and inside the exported
 serving graph: what is served is exactly what was measured.
 
-The recipe is PySlowFast's, as used by the official VoV3D configs (ARCHITECTURE.md section 12):
+The recipe is PySlowFast's, as used by the official VoV3D configs (docs/architecture.md); what
+to make is a spec (`specs.TrainClip`, `specs.EvalViews`):
   * Something-Something: segment sampling, T equal segments, one frame each (random in training,
     segment centre at test); no horizontal flip (left/right is in the labels);
   * Kinetics: dense sampling, T frames at a stride (5 at 30 fps), a random window in training and
@@ -24,15 +25,10 @@ import dataclasses
 
 import tensorflow as tf
 
+from vov3d_tf.config import NUM_CROPS, SAMPLING_MODES
+
 MEAN = (0.45, 0.45, 0.45)
 STD = (0.225, 0.225, 0.225)
-
-# Paper defaults (ARCHITECTURE.md section 12).
-TRAIN_SCALE_RANGE = (256, 320)
-TEST_SHORT_SIDE = 256
-CROP_SIZE = 224
-SAMPLING_MODES = ("segment", "dense")
-NUM_CROPS = (1, 3)  # test crops per clip: the centre, or left/centre/right (uniform_crop)
 
 
 def normalize(frames):
@@ -269,47 +265,44 @@ def spatial_crops(frames, crop_size, num_crops):
     return tf.stack(views)
 
 
-def check_crop_size(short_side, crop_size, where):
-    if short_side < crop_size:
-        raise ValueError(f"{where}: short side {short_side} is smaller than crop_size {crop_size}")
-
-
 # --- whole clips ---------------------------------------------------------------------------------
 
-def train_clip(encoded, *, num_frames, crop_size=CROP_SIZE, sampling="segment", sampling_rate=1,
-               scale_range=TRAIN_SCALE_RANGE, inverse_uniform=False, flip=False, seed):
-    """Encoded frames (N,) -> one augmented training clip, float32 (num_frames, c, c, 3)."""
-    check_crop_size(min(scale_range), crop_size, "train_clip scale_range")
+def train_clip(encoded, clip, *, seed):
+    """Encoded frames (N,) -> one augmented training clip (a `specs.TrainClip`), float32
+    (T, c, c, 3)."""
+    num_frames, crop_size = clip.num_frames, clip.crop_size
     s_time, s_scale, s_crop, s_flip = _split_seed(seed, 4)
-    idx = sample_indices(tf.shape(encoded)[0], num_frames, sampling=sampling,
-                         sampling_rate=sampling_rate, training=True, seed=s_time)
-    size = random_short_side(scale_range, inverse_uniform=inverse_uniform, seed=s_scale)
+    idx = sample_indices(tf.shape(encoded)[0], num_frames, sampling=clip.sampling,
+                         sampling_rate=clip.sampling_rate, training=True, seed=s_time)
+    size = random_short_side(clip.short_side_range, inverse_uniform=clip.inverse_uniform,
+                             seed=s_scale)
     shape = tf.io.extract_jpeg_shape(encoded[0])
     # Decode only the window the crop shows, normalize it (linear, so it commutes with bilinear
     # resizing; the window is usually smaller than the crop), resize it to the crop.
     window = random_resized_crop_window(shape[0], shape[1], crop_size, size, seed=s_crop)
     frames = normalize(decode_window(encoded, idx, window))
     frames = tf.image.resize(frames, [crop_size, crop_size], method="bilinear")
-    if flip:
+    if clip.random_flip:
         frames = random_flip(frames, seed=s_flip)
     return tf.ensure_shape(frames, [num_frames, crop_size, crop_size, 3])
 
 
-def eval_indices(num_video_frames, *, num_frames, sampling="segment", sampling_rate=1,
-                 num_clips=1, segment_seed=None):
-    """Frame indices of the test clips: int32 (num_clips, num_frames).
+def eval_indices(num_video_frames, views, *, segment_seed=None):
+    """Frame indices of the test clips of `views` (a `specs.EvalViews`): int32
+    (num_clips, num_frames).
 
     With `segment_seed` (segment sampling, several clips) each clip draws one random frame per
-    segment, the reference implementation's test protocol (ARCHITECTURE.md section 12),
+    segment, the reference implementation's test protocol (docs/architecture.md),
     reproducibly; without it clip k takes position (k + 0.5) / num_clips in every segment.
     """
-    if segment_seed is not None and sampling == "segment" and num_clips > 1:
-        seeds = _split_seed(segment_seed, num_clips)
-        return tf.stack([segment_indices(num_video_frames, num_frames, training=True, seed=s)
-                         for s in seeds])
-    return tf.stack([sample_indices(num_video_frames, num_frames, sampling=sampling,
-                                    sampling_rate=sampling_rate, training=False, clip_index=c,
-                                    num_clips=num_clips) for c in range(num_clips)])
+    if segment_seed is not None and views.sampling == "segment" and views.num_clips > 1:
+        seeds = _split_seed(segment_seed, views.num_clips)
+        return tf.stack([segment_indices(num_video_frames, views.num_frames, training=True,
+                                         seed=s) for s in seeds])
+    return tf.stack([sample_indices(num_video_frames, views.num_frames, sampling=views.sampling,
+                                    sampling_rate=views.sampling_rate, training=False,
+                                    clip_index=c, num_clips=views.num_clips)
+                     for c in range(views.num_clips)])
 
 
 # --- caps on what one test video may cost ---------------------------------------------------------
@@ -520,31 +513,26 @@ def _resized_frames(frames, unique, short_side):
                      fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
 
 
-def _test_indices(count, *, num_frames, sampling, sampling_rate, num_clips, segment_seed,
-                  presampled, limits, where):
+def _test_indices(count, views, *, segment_seed, presampled, limits, where):
     if presampled:  # the client sent exactly the sampled frames, clip-major
-        want = num_clips * num_frames
+        want = views.num_clips * views.num_frames
         count = guard(count, tf.equal(count, want),
                       f"{where}: this export takes exactly {want} frames per video (sampled by "
-                      f"the client: {num_clips} clip(s) x {num_frames}); frames:", [count])
-        return tf.reshape(tf.range(count), [num_clips, num_frames])
+                      f"the client: {views.num_clips} clip(s) x {views.num_frames}); frames:",
+                      [count])
+        return tf.reshape(tf.range(count), [views.num_clips, views.num_frames])
     count = _check_frame_count(count, count, limits, where)
-    return eval_indices(count, num_frames=num_frames, sampling=sampling,
-                        sampling_rate=sampling_rate, num_clips=num_clips,
-                        segment_seed=segment_seed)
+    return eval_indices(count, views, segment_seed=segment_seed)
 
 
-def decode_work(encoded, *, num_frames, sampling="segment", sampling_rate=1, num_clips=1,
-                limits=None, presampled=False, where="video", **_):
-    """What decoding the test views of `encoded` (N,) JPEGs costs, from headers and bytes only:
-    int64 sum over the distinct sampled frames of height x width x scans (a progressive scan is
-    one more pass over every coefficient; DCT scaling does not shorten entropy decoding). Runs
-    the same format, byte and scan checks as `eval_views`. Takes `eval_views`' keyword
-    arguments (the spatial ones are ignored)."""
+def decode_work(encoded, views, *, limits=None, presampled=False, where="video"):
+    """What decoding the test views (`views`) of `encoded` (N,) JPEGs costs, from headers and
+    bytes only: int64 sum over the distinct sampled frames of height x width x scans (a
+    progressive scan is one more pass over every coefficient; DCT scaling does not shorten
+    entropy decoding). Runs the same format, byte and scan checks as `eval_views`."""
     limits = limits or NO_LIMITS
-    idx = _test_indices(tf.shape(encoded)[0], num_frames=num_frames, sampling=sampling,
-                        sampling_rate=sampling_rate, num_clips=num_clips, segment_seed=None,
-                        presampled=presampled, limits=limits, where=where)
+    idx = _test_indices(tf.shape(encoded)[0], views, segment_seed=None, presampled=presampled,
+                        limits=limits, where=where)
     unique, _ = tf.unique(tf.reshape(idx, [-1]))
     headers = _headers(encoded, unique, limits, where)
     headers = _check_frame_sizes(headers, headers[:, 0], headers[:, 1], unique, limits, where)
@@ -554,58 +542,47 @@ def decode_work(encoded, *, num_frames, sampling="segment", sampling_rate=1, num
 
 # --- whole test videos -------------------------------------------------------------------------
 
-def eval_views_from_frames(frames, *, num_frames, crop_size=TEST_SHORT_SIDE, sampling="segment",
-                           sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3,
-                           segment_seed=None, limits=None, presampled=False, where="video"):
-    """Decoded uint8 frames (N, H, W, 3) -> test views float32 (num_clips * num_crops, T, c, c, 3).
+def eval_views_from_frames(frames, views, *, segment_seed=None, limits=None, presampled=False,
+                           where="video"):
+    """Decoded uint8 frames (N, H, W, 3) -> the test views of `views` (a `specs.EvalViews`),
+    float32 (num_clips * num_crops, T, c, c, 3).
 
     Views are clip-major: view v = clip v // num_crops, crop v % num_crops. `segment_seed`:
     see `eval_indices`. `limits` (an `InputLimits`; None = no caps) are checked on the shape
     first; `presampled`: the video is exactly the sampled frames (num_clips * T, clip-major).
     """
-    check_crop_size(short_side, crop_size, "eval views")
     limits = limits or NO_LIMITS
     shape = tf.shape(frames)
     frames = _check_frame_sizes(frames, shape[1:2], shape[2:3], tf.zeros([1], tf.int32), limits,
                                 where)
-    idx = _test_indices(tf.shape(frames)[0], num_frames=num_frames, sampling=sampling,
-                        sampling_rate=sampling_rate, num_clips=num_clips,
-                        segment_seed=segment_seed, presampled=presampled, limits=limits,
-                        where=where)
-    return _views(lambda unique: _resized_frames(frames, unique, short_side), idx,
-                  num_frames=num_frames, crop_size=crop_size, num_clips=num_clips,
-                  num_crops=num_crops)
+    idx = _test_indices(tf.shape(frames)[0], views, segment_seed=segment_seed,
+                        presampled=presampled, limits=limits, where=where)
+    return _views(lambda unique: _resized_frames(frames, unique, views.short_side), idx, views)
 
 
-def eval_views(encoded, *, num_frames, crop_size=TEST_SHORT_SIDE, sampling="segment",
-               sampling_rate=1, short_side=TEST_SHORT_SIDE, num_clips=1, num_crops=3,
-               segment_seed=None, limits=None, presampled=False, where="video"):
-    """Encoded JPEG frames (N,) -> test views, as `eval_views_from_frames`.
+def eval_views(encoded, views, *, segment_seed=None, limits=None, presampled=False,
+               where="video"):
+    """Encoded JPEG frames (N,) -> the test views of `views`, as `eval_views_from_frames`.
 
     Only the sampled frames are read: their headers are checked against `limits` (format, bytes,
     scans, pixels, aspect ratio, one size per video) before any is decoded, then each distinct
     frame is decoded and resized on its own, so one full-size frame per decoding thread is
     alive at a time (`DECODE_PARALLELISM`), never the whole clip at full size.
     """
-    check_crop_size(short_side, crop_size, "eval views")
     limits = limits or NO_LIMITS
-    idx = _test_indices(tf.shape(encoded)[0], num_frames=num_frames, sampling=sampling,
-                        sampling_rate=sampling_rate, num_clips=num_clips,
-                        segment_seed=segment_seed, presampled=presampled, limits=limits,
-                        where=where)
-    return _views(lambda unique: _resized_jpegs(encoded, unique, short_side, limits, where), idx,
-                  num_frames=num_frames, crop_size=crop_size, num_clips=num_clips,
-                  num_crops=num_crops)
+    idx = _test_indices(tf.shape(encoded)[0], views, segment_seed=segment_seed,
+                        presampled=presampled, limits=limits, where=where)
+    return _views(lambda unique: _resized_jpegs(encoded, unique, views.short_side, limits, where),
+                  idx, views)
 
 
-def _views(resized, idx, *, num_frames, crop_size, num_clips, num_crops):
+def _views(resized, idx, views):
     # Decode and resize each distinct frame once (all clips together), repeat frames only
     # after resizing (short videos), then crop per clip and normalize the crops.
     unique, position = tf.unique(tf.reshape(idx, [-1]))
     frames = resized(unique)
     frames = tf.cond(tf.equal(tf.size(unique), tf.size(position)), lambda: frames,
                      lambda: tf.gather(frames, position))
-    clips = tf.split(frames, num_clips, axis=0) if num_clips > 1 else [frames]
-    views = tf.concat([spatial_crops(c, crop_size, num_crops) for c in clips], axis=0)
-    views = normalize(views)
-    return tf.ensure_shape(views, [num_clips * num_crops, num_frames, crop_size, crop_size, 3])
+    clips = tf.split(frames, views.num_clips, axis=0) if views.num_clips > 1 else [frames]
+    out = tf.concat([spatial_crops(c, views.crop, views.num_crops) for c in clips], axis=0)
+    return tf.ensure_shape(normalize(out), [views.num_views, *views.view_shape])

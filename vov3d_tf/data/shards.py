@@ -21,7 +21,6 @@ class name per line, line number = class index) and `manifest.json`:
 
 Several splits may share one directory (and must share its labels).
 """
-import hashlib
 import json
 
 import tensorflow as tf
@@ -31,14 +30,6 @@ from vov3d_tf.data import format as fmt
 
 FORMAT_VERSION = "vov3d_tf.video_sequence_example/1"
 LABELS_NAME = "labels.txt"
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with fileio.open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_write_text(path, text):
@@ -66,7 +57,7 @@ class ShardWriter:
     def close(self):
         """Finishes the shard; returns its sha256."""
         self._writer.close()
-        digest = sha256_file(self.tmp)  # read before the rename: one pass, same bytes
+        digest = fileio.sha256(self.tmp)  # read before the rename: one pass, same bytes
         fileio.rename(self.tmp, self.path, overwrite=True)
         return digest
 
@@ -173,3 +164,17 @@ def split_files(directory, split):
         raise FileNotFoundError(f"shards listed in {manifest_path(directory)!r} are missing: "
                                 f"{missing}")
     return paths
+
+
+def _folders(pattern):
+    """The folders of the files a pattern matches, sorted."""
+    return sorted({fileio.dirname(fileio.abspath(f)) for f in fileio.glob(pattern)})
+
+
+def manifest_labels(patterns):
+    """Class names from the first manifest beside the files of `patterns` (in order), or None."""
+    for pattern in patterns:
+        for folder in _folders(pattern):
+            if fileio.exists(manifest_path(folder)):
+                return load_labels(folder)
+    return None

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import itertools
 
+from vov3d_tf.data.format import JPEG_QUALITY, SHORT_SIDE
 from vov3d_tf.data.video_io import iter_video
 
 __all__ = ["Window", "iter_frames", "sliding_windows", "WindowStream"]
@@ -35,7 +36,7 @@ class Window:
     frames: list
 
 
-def iter_frames(path, *, short_side=256, fps=None, jpeg_quality=90):
+def iter_frames(path, *, short_side=SHORT_SIDE, fps=None, jpeg_quality=JPEG_QUALITY):
     """(time in seconds from the first frame, JPEG bytes) for every frame `read_video(path,
     short_side=, fps=, jpeg_quality=)` returns, in order, decoding as it goes (the shard
     builder's own reader, `video_io.iter_video`).
@@ -105,7 +106,8 @@ class WindowStream:
                          [f for _, f in buf])
 
 
-def sliding_windows(path, *, window, stride, short_side=256, fps=None, jpeg_quality=90):
+def sliding_windows(path, *, window, stride, short_side=SHORT_SIDE, fps=None,
+                    jpeg_quality=JPEG_QUALITY):
     """`WindowStream` of the video at `path` (frames as `iter_frames` gives them)."""
     frame_duration = None if fps is None else 1.0 / fps
     return WindowStream(iter_frames(path, short_side=short_side, fps=fps,

@@ -1,4 +1,4 @@
-"""Check a shard directory against its manifest: `python -m vov3d_tf.data.validate DIR [--full]`.
+"""Check a shard directory against its manifest: `vov3d-validate DIR [--full]`.
 
 Re-reads every record of every split and checks: the shard exists, its sha256 and record count
 match the manifest, every record parses, has a label index inside the label list whose text
@@ -89,7 +89,7 @@ def validate(directory, *, full=False, log=print):
                 log(f"BAD {path}: missing (listed in the manifest)")
                 problems += 1
                 continue
-            digest = shards.sha256_file(path)
+            digest = fileio.sha256(path)
             if digest != shard["sha256"]:
                 log(f"BAD {path}: sha256 {digest} != manifest {shard['sha256']}")
                 problems += 1
@@ -136,7 +136,7 @@ def _tf_message(error):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.data.validate",
+    parser = argparse.ArgumentParser(prog="vov3d-validate",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("directory")
     parser.add_argument("--full", action="store_true", help="decode every JPEG frame")

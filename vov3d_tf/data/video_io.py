@@ -16,6 +16,7 @@ import io
 import numpy as np
 
 from vov3d_tf import fileio
+from vov3d_tf.data.format import JPEG_QUALITY, SHORT_SIDE
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -48,15 +49,16 @@ def encode_image(image, size, jpeg_quality):
     return buf.getvalue()
 
 
-def read_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_quality=90):
+def read_video(path, *, short_side=SHORT_SIDE, fps=None, start=None, end=None,
+               jpeg_quality=JPEG_QUALITY):
     """JPEG frames of a video file (list of bytes); raises VideoError with the reason."""
     frames, _ = read_video_with_rate(path, short_side=short_side, fps=fps, start=start, end=end,
                                      jpeg_quality=jpeg_quality)
     return frames
 
 
-def read_video_with_rate(path, *, short_side=256, fps=None, start=None, end=None,
-                         jpeg_quality=90):
+def read_video_with_rate(path, *, short_side=SHORT_SIDE, fps=None, start=None, end=None,
+                         jpeg_quality=JPEG_QUALITY):
     """(JPEG frames, stored frame rate): the rate is `fps` when resampling, else the stream's
     average frame rate (None if the container does not give one)."""
     info = {}
@@ -65,7 +67,8 @@ def read_video_with_rate(path, *, short_side=256, fps=None, start=None, end=None
     return frames, info["stored_rate"]
 
 
-def iter_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_quality=90,
+def iter_video(path, *, short_side=SHORT_SIDE, fps=None, start=None, end=None,
+               jpeg_quality=JPEG_QUALITY,
                info=None):
     """The frames `read_video` returns, decoded as they are iterated: (time, JPEG bytes) pairs,
     time in seconds from the first kept frame (`k / fps` when resampling). `info`, a dict, gets
@@ -152,7 +155,7 @@ def iter_video(path, *, short_side=256, fps=None, start=None, end=None, jpeg_qua
         raise VideoError("no frames decoded" + (f" in [{start}, {end}) s" if start is not None else ""))
 
 
-def read_frame_folder(path, *, short_side=256, jpeg_quality=90):
+def read_frame_folder(path, *, short_side=SHORT_SIDE, jpeg_quality=JPEG_QUALITY):
     """JPEG frames of a folder of images, in file-name order; JPEGs that need no resize are kept
     byte-for-byte."""
     from PIL import Image

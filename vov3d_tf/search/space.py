@@ -1,7 +1,7 @@
 """Width/depth search space: keras-tuner hyperparameters -> `create_model` kwargs and
 training-config overrides. Nothing else.
 
-The architecture itself lives in `vov3d_tf.models`; a trial is the base experiment config with
+The architecture itself lives in `vov3d_tf.model.networks`; a trial is the base experiment config with
 a few keys replaced, built and trained by the same code as `train.py` (STYLE.md: the tuner
 never copies the model). The hyperparameter names are the config keys they set:
 
@@ -14,7 +14,7 @@ never copies the model). The hyperparameter names are the config keys they set:
 
 Keys keras-tuner adds itself (Hyperband's `tuner/epochs`, ...) are ignored here.
 """
-from vov3d_tf import models
+from vov3d_tf.model import networks as models
 from vov3d_tf.adapters import model_overrides as config_model_overrides
 from vov3d_tf.config import config_from_dict, config_to_dict
 
@@ -40,7 +40,7 @@ def decode_blocks(text):
 
 
 def has_num_conv(model_name):
-    """Whether the model has a num_conv hyperparameter (VoV3D; `vov3d_tf.models` decides)."""
+    """Whether the model has a num_conv hyperparameter (VoV3D; `vov3d_tf.model.networks` decides)."""
     return models.has_num_conv(models.model_family(model_name))
 
 
@@ -136,6 +136,6 @@ def clip_shape(cfg):
 
 
 def cost_kwargs(cfg):
-    """`vov3d_tf.flops.count_flops` keyword arguments for the model of `cfg`."""
+    """`vov3d_tf.model.flops.count_flops` keyword arguments for the model of `cfg`."""
     return {"input_shape": clip_shape(cfg), "num_classes": cfg.model.num_classes,
             **config_model_overrides(cfg.model, architecture_only=True)}

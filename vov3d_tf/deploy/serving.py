@@ -14,7 +14,7 @@ Signatures (all return `logits`, `probabilities`, `top_k_indices`, `top_k_labels
     serve_examples    examples string  (batch,)                   serialized SequenceExamples
                                                                   in the shard format
 (with `ServingSpec.presampled`, the two frame signatures take exactly num_clips x T frames per
-video, sampled by the client: `vov3d_tf.serving_client`).
+video, sampled by the client: `vov3d_tf.deploy.serving_client`).
 
 Every signature goes through `vov3d_tf.data.preprocess.eval_views[_from_frames]`, the very
 functions evaluation uses (sampling of the model's T frames, short-side bilinear resize, centre
@@ -49,6 +49,7 @@ import tensorflow as tf
 from vov3d_tf import fileio
 from vov3d_tf.data import format as fmt
 from vov3d_tf.data import preprocess
+from vov3d_tf.data.specs import EvalViews
 
 SIGNATURE_JPEG = "serving_default"
 SIGNATURE_FRAMES = "serve_frames"
@@ -64,18 +65,13 @@ WARMUP_ASPECT = 4 / 3  # warmup frames are landscape 4:3 at the test short side
 
 @dataclasses.dataclass(frozen=True)
 class ServingSpec:
-    """Test-time preprocessing and outputs of the exported graph (plain values, no config)."""
-    num_frames: int
-    crop_size: int
-    short_side: int
-    sampling: str = "segment"
-    sampling_rate: int = 1
-    num_clips: int = 1
-    num_crops: int = 1
+    """What the exported graph serves: its test views (`EvalViews`, evaluation's own), how many
+    labels it returns, and the cost bounds of one request (docs/serving.md): caps per video
+    (`limits`), videos per request, the JPEG decoding of a request, clips through the model at
+    once. `presampled`: the frame signatures take exactly the num_clips x T sampled frames per
+    video (client-side sampling, for TF Serving's request batching)."""
+    views: EvalViews
     top_k: int = 5
-    # Cost bounds of one request (docs/serving.md): caps per video, videos per request, clips
-    # through the model at once; `presampled`: the frame signatures take exactly the
-    # num_clips x T sampled frames per video (client-side sampling, for TF Serving's batcher).
     limits: preprocess.InputLimits = preprocess.InputLimits()
     max_videos: int = 16
     max_request_pixel_scans: int = 2**29
@@ -83,57 +79,40 @@ class ServingSpec:
     presampled: bool = False
 
     def __post_init__(self):
-        if isinstance(self.limits, dict):  # as written in export_info.json
+        if isinstance(self.views, dict):  # as written in export_info.json
+            object.__setattr__(self, "views", EvalViews(**self.views))
+        if isinstance(self.limits, dict):
             object.__setattr__(self, "limits", preprocess.InputLimits(**self.limits))
+        if not isinstance(self.views, EvalViews):
+            raise ValueError(f"ServingSpec.views must be an EvalViews, got {self.views!r}")
         if not isinstance(self.limits, preprocess.InputLimits):
             raise ValueError(f"ServingSpec.limits must be an InputLimits, got {self.limits!r}")
         if not isinstance(self.presampled, bool):
             raise ValueError(f"ServingSpec.presampled must be a bool, got {self.presampled!r}")
-        for key in ("num_frames", "crop_size", "short_side", "sampling_rate", "num_clips",
-                    "top_k", "max_videos", "max_request_pixel_scans", "clips_per_chunk"):
+        for key in ("top_k", "max_videos", "max_request_pixel_scans", "clips_per_chunk"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServingSpec.{key} must be a positive int, got {value!r}")
-        if self.sampling not in preprocess.SAMPLING_MODES:
-            raise ValueError(f"ServingSpec.sampling must be one of {preprocess.SAMPLING_MODES}, "
-                             f"got {self.sampling!r}")
-        if self.num_crops not in preprocess.NUM_CROPS:
-            raise ValueError(f"ServingSpec.num_crops must be 1 or 3, got {self.num_crops!r}")
-        preprocess.check_crop_size(self.short_side, self.crop_size, "ServingSpec")
 
-    @property
-    def num_views(self):
-        return self.num_clips * self.num_crops
-
-    def view_kwargs(self):
-        """Keyword arguments of `preprocess.eval_views` / `eval_views_from_frames`."""
-        return dict(num_frames=self.num_frames, crop_size=self.crop_size,
-                    sampling=self.sampling, sampling_rate=self.sampling_rate,
-                    short_side=self.short_side, num_clips=self.num_clips,
-                    num_crops=self.num_crops)
+    @classmethod
+    def from_dict(cls, d):
+        """The spec as `export_info.json` records it (`dataclasses.asdict`); exports written
+        before `views` existed kept the view fields at the top level."""
+        d = dict(d)
+        if "views" not in d:
+            view_keys = [f.name for f in dataclasses.fields(EvalViews)]
+            d["views"] = {k: d.pop(k) for k in view_keys if k in d}
+        return cls(**d)
 
     def serving_kwargs(self, where):
-        """`view_kwargs` plus the caps and client-side sampling of the served graph."""
-        return dict(self.view_kwargs(), limits=self.limits, presampled=self.presampled,
-                    where=where)
+        """The caps and client-side sampling of the served graph: keyword arguments of
+        `preprocess.eval_views` / `eval_views_from_frames` beside `views`."""
+        return dict(limits=self.limits, presampled=self.presampled, where=where)
 
     @property
     def frames_per_request_video(self):
         """Frames a client-sampling export takes per video (None: any count)."""
-        return self.num_clips * self.num_frames if self.presampled else None
-
-
-def spec_from_config(cfg, *, multi_view=False, top_k=5, **serving):
-    """Adapter `Config` -> `ServingSpec`: eval's frames, resize and crop; views only if asked.
-
-    Single view = one clip, centre crop (segment centres / the first dense window); multi-view =
-    `eval.num_clips x eval.num_crops`, as `evaluate` measures. `serving`: the request cost
-    fields of `ServingSpec` (limits, max_videos, max_request_pixel_scans, clips_per_chunk,
-    presampled).
-    """
-    from vov3d_tf.adapters import eval_view_kwargs
-
-    return ServingSpec(**eval_view_kwargs(cfg, multi_view=multi_view), top_k=top_k, **serving)
+        return self.views.num_clips * self.views.num_frames if self.presampled else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,7 +177,7 @@ class VideoServingModule(tf.Module):
                 self.labels_asset, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
                 tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, vocab_size=self.num_classes),
             default_value="")
-        self._view_shape = [spec.num_views, spec.num_frames, spec.crop_size, spec.crop_size, 3]
+        self._view_shape = [spec.views.num_views, *spec.views.view_shape]
         # Save the tf.Variables the signatures capture, not the Keras object graph: the TF1
         # session loader (saved_model_cli run, TF Serving) restores variables through the saver,
         # which would not see the handles captured through Keras 3 variables otherwise.
@@ -235,8 +214,8 @@ class VideoServingModule(tf.Module):
         views (views, T, c, c, 3). Videos go through preprocessing and the model a chunk at a
         time (`clips_per_chunk` clips), so a request's peak memory does not grow with its size.
         """
-        per_chunk = max(1, self.spec.clips_per_chunk // self.spec.num_views)
-        views = self.spec.num_views
+        views = self.spec.views.num_views
+        per_chunk = max(1, self.spec.clips_per_chunk // views)
 
         def chunk_logits(part):
             clips = tf.map_fn(views_of, part, parallel_iterations=1,
@@ -258,7 +237,8 @@ class VideoServingModule(tf.Module):
         frames, from headers) is within `max_request_pixel_scans`: checked for the whole
         request before any frame is decoded."""
         kwargs = dict(self.spec.serving_kwargs(f"input {name}"), **kwargs)
-        work = tf.map_fn(lambda video: preprocess.decode_work(frames_of(video), **kwargs), x,
+        work = tf.map_fn(lambda video: preprocess.decode_work(frames_of(video), self.spec.views,
+                                                              **kwargs), x,
                          fn_output_signature=tf.int64)
         total = tf.reduce_sum(work)
         cap = self.spec.max_request_pixel_scans
@@ -277,7 +257,8 @@ class VideoServingModule(tf.Module):
         frames = self._checked_batch(frames, "frames")
         frames = self._checked_decode_work(frames, "frames")
         kwargs = self.spec.serving_kwargs("input frames")
-        return self.classify(frames, lambda video: preprocess.eval_views(video, **kwargs))
+        return self.classify(frames, lambda video: preprocess.eval_views(
+            video, self.spec.views, **kwargs))
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="frames")])
     def serve_frames(self, frames):
@@ -288,7 +269,8 @@ class VideoServingModule(tf.Module):
         frames = self._checked_batch(frames, "frames")
         kwargs = self.spec.serving_kwargs("input frames")
         return self.classify(frames,
-                             lambda video: preprocess.eval_views_from_frames(video, **kwargs))
+                             lambda video: preprocess.eval_views_from_frames(
+                                 video, self.spec.views, **kwargs))
 
     @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="examples")])
     def serve_examples(self, examples):
@@ -308,8 +290,8 @@ class VideoServingModule(tf.Module):
                                              frames_of=frames_of)
         kwargs = dict(self.spec.serving_kwargs("input examples"), presampled=False)
         return self.classify(examples,
-                             lambda serialized: preprocess.eval_views(frames_of(serialized),
-                                                                      **kwargs))
+                             lambda serialized: preprocess.eval_views(
+                                 frames_of(serialized), self.spec.views, **kwargs))
 
     def signatures(self):
         return {SIGNATURE_JPEG: self.serve_jpeg, SIGNATURE_FRAMES: self.serve_frames,
@@ -348,8 +330,8 @@ def _check_model_dir(model_dir):
 
 def warmup_frames(spec, num_frames=None, seed=0):
     """Deterministic uint8 frames (frames, H, W, 3) of a realistic size: 4:3 at the short side."""
-    n = num_frames or spec.frames_per_request_video or spec.num_frames
-    h = spec.short_side
+    n = num_frames or spec.frames_per_request_video or spec.views.num_frames
+    h = spec.views.short_side
     w = int(round(h * WARMUP_ASPECT))
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w]
@@ -361,7 +343,7 @@ def warmup_frames(spec, num_frames=None, seed=0):
     return np.stack(frames)
 
 
-def encode_jpegs(frames, quality=90):
+def encode_jpegs(frames, quality=fmt.JPEG_QUALITY):
     """uint8 (N, H, W, 3) -> list of JPEG bytes."""
     return [tf.io.encode_jpeg(f, quality=quality).numpy() for f in frames]
 
@@ -438,12 +420,6 @@ def check_labels(labels, num_classes, source="labels"):
     return labels
 
 
-def read_labels(path):
-    """Class names of a labels file (`vov3d_tf.data.labels.read_labels`, the one reader)."""
-    from vov3d_tf.data.labels import read_labels as read
-    return read(path)
-
-
 def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=True,
                        extra_info=None):
     """Export `model` (a `VideoClassifier`; BN is folded here) to `model_dir/<version>/`.
@@ -452,7 +428,7 @@ def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=T
     SavedModel is written to a hidden temporary folder beside it and renamed when complete, so
     TF Serving never sees a half-written version. Returns the version folder's path.
     """
-    from vov3d_tf.inference import fold_batchnorm
+    from vov3d_tf.model.inference import fold_batchnorm
 
     _check_model_dir(model_dir)
     if not isinstance(spec, ServingSpec):
@@ -494,41 +470,3 @@ def export_saved_model(model, model_dir, labels, spec, *, version=None, warmup=T
         if fileio.exists(tmp):
             fileio.rmtree(tmp)
     return final
-
-
-def load_trained_model(weights, model_cfg=None):
-    """Model for export from `weights`: a `.keras` file (architecture included; its class count
-    must equal `model_cfg.num_classes` when a config is given) or a `.weights.h5` file for the
-    config's architecture.
-    """
-    import keras
-
-    from vov3d_tf.adapters import model_from_config
-    from vov3d_tf.models import VideoClassifier  # (imports the custom layers for load_model)
-
-    weights = str(weights)
-    if not fileio.exists(weights):
-        raise FileNotFoundError(f"weights file not found: {weights}")
-    if weights.endswith(".keras"):
-        model = keras.models.load_model(weights, compile=False)
-        if not isinstance(model, VideoClassifier):
-            raise ValueError(f"{weights}: expected a vov3d_tf VideoClassifier, got "
-                             f"{type(model).__name__}")
-        if model_cfg is not None and model.num_classes != model_cfg.num_classes:
-            raise ValueError(f"{weights}: the model has {model.num_classes} classes but the "
-                             f"config's model.num_classes is {model_cfg.num_classes} (fix the "
-                             f"config or pass --set model.num_classes={model.num_classes})")
-        return model
-    if weights.endswith(".weights.h5"):
-        if model_cfg is None:
-            raise ValueError(f"{weights}: a .weights.h5 file needs the config's architecture; "
-                             f"pass a .keras model")
-        model = model_from_config(model_cfg)
-        try:
-            model.load_weights(weights)
-        except ValueError as e:  # Keras' message names the layer and shapes, not the file
-            raise ValueError(f"{weights}: does not fit the config's model ({model_cfg.name}, "
-                             f"model.num_classes={model_cfg.num_classes}): "
-                             f"{' '.join(str(e).split())[:400]}") from None
-        return model
-    raise ValueError(f"{weights}: expected a .keras model or a .weights.h5 file")

@@ -1,12 +1,12 @@
 """VoV3D-M/L and the X3D-M/L baselines as Keras functional models.
 
-Architecture constants and channel formulas come from ../shared/reference/ARCHITECTURE.md
+Architecture constants and channel formulas come from docs/architecture.md
 (sections 1, 8 and 14), i.e. from the official VoV3D configs; variants are pure data.
 """
 
 import keras
 
-from vov3d_tf import layers as L
+from vov3d_tf.model import layers as L
 
 # VoV3D (§1): stage widths are multiples of the base width c (INNER_CH).
 VOV3D_INNER_MULTIPLIER = (1, 2, 4, 8)
@@ -85,7 +85,7 @@ class VideoClassifier(keras.Model):
 
     The constructor arguments fully describe the network (`get_config` returns exactly them).
     `fold_bn=True` builds the inference form without BatchNormalization layers (see
-    `vov3d_tf.inference.fold_batchnorm`).
+    `vov3d_tf.model.inference.fold_batchnorm`).
     """
 
     def __init__(self, family, num_classes, base_width, blocks, num_conv=5, dropout_rate=0.5,

@@ -1,4 +1,4 @@
-"""The paper's multi-view test and precise BatchNorm statistics (ARCHITECTURE.md §12).
+"""The paper's multi-view test and precise BatchNorm statistics (docs/architecture.md#training-recipe).
 
 Multi-view test: every view (clip x spatial crop) of a video goes through the model in
 inference mode, the softmax of each view is **summed** per video (`ENSEMBLE_METHOD sum`) and
@@ -56,8 +56,8 @@ def _as_views(x):
 def _view_logits_fn(model, max_views=None):
     """views (B, V, T, H, W, 3) or clips (B, T, H, W, 3) -> float32 logits (B, V, K), at most
     `max_views` views per forward pass (None: all at once)."""
-    from vov3d_tf.inference import fold_batchnorm
-    from vov3d_tf.models import VideoClassifier
+    from vov3d_tf.model.inference import fold_batchnorm
+    from vov3d_tf.model.networks import VideoClassifier
 
     if isinstance(model, VideoClassifier) and not tf.distribute.has_strategy():
         model = fold_batchnorm(model)  # the fast inference form: same outputs (<= 1e-4)

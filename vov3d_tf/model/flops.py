@@ -1,10 +1,10 @@
 """Multiply-adds and parameters of a model for a given clip shape.
 
-Counts like fvcore (which ARCHITECTURE.md section 10 reports): one multiply-add of a conv or
+Counts like fvcore (which docs/architecture.md#numbers-the-port-matches reports): one multiply-add of a conv or
 linear layer = one "flop"; BatchNorm (inference) costs 2 per element and is reported separately;
 element-wise ops (activations, SE gating, residual adds, pooling) are not counted.
 
-    python -m vov3d_tf.flops --model vov3d_m --num-classes 174 --frames 16 --size 224
+    vov3d-flops --model vov3d_m --num-classes 174 --frames 16 --size 224
 """
 import argparse
 import json
@@ -13,7 +13,7 @@ import sys
 
 import keras
 
-from vov3d_tf import layers as L
+from vov3d_tf.model import layers as L
 from vov3d_tf import runtime
 
 
@@ -42,7 +42,7 @@ def count_flops(model_or_name, input_shape=(16, 224, 224, 3), num_classes=400, *
     `model_or_name` is a `VideoClassifier` (its architecture is rebuilt at `input_shape`, its
     weights untouched) or a model name for `create_model(name, num_classes, **overrides)`.
     """
-    from vov3d_tf.models import VideoClassifier, create_model
+    from vov3d_tf.model.networks import VideoClassifier, create_model
 
     input_shape = tuple(input_shape)
     if len(input_shape) != 4 or input_shape[-1] != 3 or not all(
@@ -67,9 +67,9 @@ def count_flops(model_or_name, input_shape=(16, 224, 224, 3), num_classes=400, *
 
 
 def main(argv=None):
-    from vov3d_tf.models import MODEL_NAMES
+    from vov3d_tf.model.networks import MODEL_NAMES
 
-    p = argparse.ArgumentParser(prog="python -m vov3d_tf.flops", description=__doc__,
+    p = argparse.ArgumentParser(prog="vov3d-flops", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
     p.add_argument("--num-classes", type=int, default=400)

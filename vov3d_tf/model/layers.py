@@ -6,7 +6,7 @@ path on CPU) and pad exactly like PyTorch (symmetric padding, also for stride 2,
 "same" would pad (0, 1) instead of (1, 1)). Blocks are plain `apply_*` functions.
 
 Every conv here may carry a bias and a fused activation: the trainable model follows each conv
-with a BatchNormalization, the inference model (`vov3d_tf.inference.fold_batchnorm`) folds that
+with a BatchNormalization, the inference model (`vov3d_tf.model.inference.fold_batchnorm`) folds that
 BN into the conv's kernel and bias, and the activation rides along so TF's grappler can fuse
 MatMul/Conv + BiasAdd + Relu into one kernel.
 """
@@ -30,7 +30,7 @@ def pairwise_sums():
     """While tracing inside this context, the T-OSA aggregation sums its per-input matmuls as a
     chain of two-input adds instead of one AddN.
 
-    For LiteRT conversion (`vov3d_tf.lite`): TFLite has no integer ADD_N, so an int8 model would
+    For LiteRT conversion (`vov3d_tf.deploy.lite`): TFLite has no integer ADD_N, so an int8 model would
     run each aggregation in float32 between DEQUANTIZE ops, while an integer ADD exists (and
     XNNPACK runs it). TensorFlow itself keeps AddN, one pass over memory instead of several.
     """
@@ -384,7 +384,7 @@ def _window_mean(x, axis, window):
 @keras.saving.register_keras_serializable(package="vov3d_tf")
 class WindowAveragePool(keras.layers.Layer):
     """Average over every `pool_size` = (t, h, w) window, stride 1, no padding: the reference
-    head's fixed `AvgPool3d` (ARCHITECTURE.md §6). A window larger than the feature map is
+    head's fixed `AvgPool3d` (docs/architecture.md#the-head-and-head_pool_size). A window larger than the feature map is
     clipped to it (the reference would fail there), so at or below the training clip geometry
     this is global pooling with one output position."""
 
@@ -493,7 +493,7 @@ class BatchNorm(keras.layers.BatchNormalization):
 # ----------------------------------------------------------------------------------------------
 # Block functions. `fold_bn=True` builds the inference form: no BatchNormalization layers, the
 # conv before each BN gets a bias instead. The BN after conv `X` is always named `X + "_bn"`,
-# which is how `vov3d_tf.inference.fold_batchnorm` pairs them.
+# which is how `vov3d_tf.model.inference.fold_batchnorm` pairs them.
 # ----------------------------------------------------------------------------------------------
 
 def apply_conv_bn(x, conv_cls, name, *, fold_bn, activation=None, zero_gamma=False, **conv_kw):
@@ -515,7 +515,7 @@ def round_width(width, multiplier, divisor=8):
 
 
 def se_width(channels, ratio=0.0625, divisor=8):
-    """SE bottleneck width: round_width(C * 1/16) (ARCHITECTURE.md §5)."""
+    """SE bottleneck width: round_width(C * 1/16) (docs/architecture.md#d21d-unit)."""
     return round_width(channels, ratio, divisor)
 
 
@@ -530,14 +530,14 @@ def apply_squeeze_excite(x, name):
 
 
 def apply_stem(x, width, *, fold_bn, name="stem"):
-    """conv_xy 1x3x3 stride (1,2,2) -> depthwise 5x1x1 -> BN -> ReLU (ARCHITECTURE.md §2)."""
+    """conv_xy 1x3x3 stride (1,2,2) -> depthwise 5x1x1 -> BN -> ReLU (docs/architecture.md#the-network)."""
     x = SpatialConv(3, strides=2, depthwise=False, filters=width, name=name + "_conv_xy")(x)
     return apply_conv_bn(x, TemporalDepthwiseConv, name + "_conv_t", fold_bn=fold_bn,
                          activation="relu", kernel_size=5)
 
 
 def apply_d2plus1d_unit(x, inner, *, stride, use_se, fold_bn, name):
-    """D(2+1)D bottleneck (ARCHITECTURE.md §5)::
+    """D(2+1)D bottleneck (docs/architecture.md#d21d-unit)::
 
         x -> 1x1x1 (Ci) BN ReLU -> dw 1x3x3 /s -> dw 3x1x1 BN -> [SE] -> Swish
           -> 1x1x1 (Ci/2) BN -> (+ x if shapes allow) -> ReLU
@@ -565,7 +565,7 @@ def apply_shortcut(x, width, stride, *, fold_bn, name):
 
 
 def apply_t_osa_block(x, inner, width, num_conv, *, stride, fold_bn, name):
-    """Residual T-OSA block (ARCHITECTURE.md §3-4)::
+    """Residual T-OSA block (docs/architecture.md#t-osa-block-vov3d)::
 
         x -> unit_0 -> unit_1 -> ... -> unit_{n-1}      (each sees a longer temporal field)
         concat([x (stride 1 only), out_0, ..., out_{n-1}]) -> 1x1x1 -> BN (zero gamma)
@@ -585,7 +585,7 @@ def apply_t_osa_block(x, inner, width, num_conv, *, stride, fold_bn, name):
 
 
 def apply_x3d_block(x, inner, width, *, stride, use_se, fold_bn, name):
-    """X3D bottleneck with residual (ARCHITECTURE.md §14.3)::
+    """X3D bottleneck with residual (docs/architecture.md#x3d-m-and-x3d-l-the-papers-baselines)::
 
         x -> 1x1x1 (Ci) BN ReLU -> dw 3x3x3 /s BN -> [SE] -> Swish -> 1x1x1 (Co) BN (zero gamma)
         ReLU(shortcut(x) + that)
@@ -605,7 +605,7 @@ def apply_x3d_block(x, inner, width, *, stride, use_se, fold_bn, name):
 
 def apply_head(x, conv5_width, lin5_width, num_classes, *, dropout_rate, fold_bn, pool_size=None,
                name="head"):
-    """X3D head (ARCHITECTURE.md §6)::
+    """X3D head (docs/architecture.md#the-head-and-head_pool_size)::
 
         1x1x1 (conv_5) BN ReLU -> mean over T,H,W -> linear (lin_5, no bias) ReLU
           -> dropout -> linear (projection, bias) -> logits

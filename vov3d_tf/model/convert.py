@@ -1,12 +1,12 @@
 """Import official PyTorch VoV3D / X3D weights (PySlowFast checkpoints) into a Keras model.
 
-    python -m vov3d_tf.convert SRC --model vov3d_m --num-classes 174 --output OUT.keras
+    vov3d-convert SRC --model vov3d_m --num-classes 174 --output OUT.keras
 
 SRC is a `.pth` / `.pyth` checkpoint (a dict with `model_state`, or a bare state_dict), read with
 `torch.load(weights_only=True)` so no pickled code runs, or an `.npz` of arrays under the official
 parameter names (like ../shared/reference/vov3d_m_parity.npz). Layout conversion follows
-ARCHITECTURE.md section 9: PyTorch `(Cout, Cin/groups, kT, kH, kW)` kernels become the
-channels-last kernels of `vov3d_tf.layers`.
+docs/architecture.md#official-names-and-the-converter: PyTorch `(Cout, Cin/groups, kT, kH, kW)` kernels become the
+channels-last kernels of `vov3d_tf.model.layers`.
 """
 import argparse
 import re
@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from vov3d_tf import fileio
-from vov3d_tf import layers as L
+from vov3d_tf.model import layers as L
 from vov3d_tf import runtime
 
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var")  # Keras order: gamma, beta, mean, var
@@ -211,7 +211,7 @@ def torch_module_name(keras_name, family):
 
 def convert(src, model_name, num_classes, output=None, **overrides):
     """Build `model_name`, load the weights of `src`, optionally save to `output` (.keras)."""
-    from vov3d_tf.models import create_model
+    from vov3d_tf.model.networks import create_model
 
     state = load_state_dict(src)
     model = create_model(model_name, num_classes, **overrides)
@@ -229,9 +229,9 @@ def convert(src, model_name, num_classes, output=None, **overrides):
 
 
 def main(argv=None):
-    from vov3d_tf.models import MODEL_NAMES
+    from vov3d_tf.model.networks import MODEL_NAMES
 
-    p = argparse.ArgumentParser(prog="python -m vov3d_tf.convert", description=__doc__,
+    p = argparse.ArgumentParser(prog="vov3d-convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help=".pth/.pyth checkpoint or .npz of arrays under official names")
     p.add_argument("--model", required=True, choices=MODEL_NAMES)

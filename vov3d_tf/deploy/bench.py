@@ -1,8 +1,8 @@
 """Throughput and peak memory of the models on this machine, optionally beside the PyTorch peer.
 
-    python -m vov3d_tf.bench                                  # every model, 224 and 160, b1/b8/train b8
-    python -m vov3d_tf.bench --models vov3d_m --sizes 224 --peer ../shared/bench/torch_peer.py
-    python -m vov3d_tf.bench --models vov3d_m --sizes 224 --batches 1 --train-batch 0 \
+    vov3d-bench                                  # every model, 224 and 160, b1/b8/train b8
+    vov3d-bench --models vov3d_m --sizes 224 --peer ../shared/bench/torch_peer.py
+    vov3d-bench --models vov3d_m --sizes 224 --batches 1 --train-batch 0 \
         --runtimes litert,litert-int8 --peer ../shared/bench/torch_peer.py --openvino
 
 Prints one JSON line per case: clips/s from the median (and the fastest) of `--runs` timed calls
@@ -11,17 +11,18 @@ that only imports the framework, and their difference (`working_mb`). Every case
 fresh process. Inference runs the documented inference paths (`--runtimes`):
   tf      `fold_batchnorm(model)` called inside a `tf.function` (what evaluation, predict and the
           exported SavedModel run);
-  litert  the same folded model converted by `vov3d_tf.lite` for the case's fixed input shape,
+  litert  the same folded model converted by `vov3d_tf.deploy.lite` for the case's fixed input shape,
           run by the LiteRT interpreter (XNNPACK) in a process that never imports TensorFlow;
   litert-fp16, litert-dynamic, litert-int8  the same, converted with `--quantize fp16 / dynamic
           / int8` (int8 calibrated on --calibration-shards, else on random clips).
-`--eval-shards` adds an accuracy line (`vov3d_tf.lite.compare` against float32 LiteRT);
+`--eval-shards` adds an accuracy line (`vov3d_tf.deploy.lite.compare` against float32 LiteRT);
 `--openvino` (with --peer) also times the PyTorch twin in OpenVINO, default precision and f32.
 A training step (TensorFlow) is forward + backward + SGD (Nesterov, weight decay) update of the
 trainable model. With `--peer`, each case also runs the PyTorch twin right after ours, and a
 `"ratio"` line gives ours / peer for clips/s and peak RSS. Benchmark on a quiet machine.
 """
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -33,7 +34,7 @@ import time
 from vov3d_tf import runtime
 
 CASE_FLAG = "--run-case"
-# Inference runtimes: TensorFlow, and the LiteRT conversions (vov3d_tf.lite) by quantization.
+# Inference runtimes: TensorFlow, and the LiteRT conversions (vov3d_tf.deploy.lite) by quantization.
 LITERT_QUANTIZE = {"litert": None, "litert-fp16": "fp16", "litert-dynamic": "dynamic",
                    "litert-int8": "int8"}
 RUNTIMES = ("tf", *LITERT_QUANTIZE)
@@ -92,7 +93,7 @@ def _model(case):
     import vov3d_tf
 
     if case.get("weights"):
-        from vov3d_tf.serving import load_trained_model
+        from vov3d_tf.deploy.loading import load_trained_model
         return load_trained_model(case["weights"])
     return vov3d_tf.create_model(case["model"], case["num_classes"])
 
@@ -102,20 +103,28 @@ def _calibration(case):
     (enough for timing; accuracy figures need real calibration data)."""
     import numpy as np
 
-    from vov3d_tf import lite
+    from vov3d_tf.deploy import lite
 
     if case.get("calibration_shards"):
-        return lite.EvalClips(case["calibration_shards"], frames=case["frames"],
-                              size=case["size"], max_clips=case["calibration_clips"])
+        return lite.EvalClips(case["calibration_shards"], _views(case),
+                              max_clips=case["calibration_clips"])
     rng = np.random.default_rng(0)
     shape = (case["frames"], case["size"], case["size"], 3)
     return [rng.standard_normal(shape, dtype=np.float32) for _ in range(8)]
 
 
+def _views(case, num_clips=None):
+    """The eval views of a case: its frames and size, segment sampling, `num_clips` x 3."""
+    from vov3d_tf.data.specs import EvalViews
+
+    views = EvalViews(num_frames=case["frames"], short_side=case["size"])
+    return dataclasses.replace(views, num_clips=num_clips) if num_clips else views
+
+
 def convert_case(case, path):
     """Write the folded model of an inference case as a fixed-shape .tflite file, quantized as
     its runtime says."""
-    from vov3d_tf import lite
+    from vov3d_tf.deploy import lite
 
     quantize = LITERT_QUANTIZE[case["runtime"]]
     lite.save_tflite(_model(case), path, frames=case["frames"], height=case["size"],
@@ -124,12 +133,12 @@ def convert_case(case, path):
 
 
 def accuracy_case(case, paths):
-    """`vov3d_tf.lite.compare` of the converted models {runtime: path} against the float32
+    """`vov3d_tf.deploy.lite.compare` of the converted models {runtime: path} against the float32
     LiteRT model on the eval views of `case["eval_shards"]`."""
-    from vov3d_tf import lite
+    from vov3d_tf.deploy import lite
 
-    clips = lite.EvalClips(case["eval_shards"], frames=case["frames"], size=case["size"],
-                           num_clips=case.get("eval_num_clips"))
+    clips = lite.EvalClips(case["eval_shards"],
+                           _views(case, num_clips=case.get("eval_num_clips")))
     return lite.compare(paths["litert"], {r: p for r, p in paths.items() if r != "litert"},
                         clips, max_videos=case.get("eval_videos"),
                         num_threads=case["threads"] or None)
@@ -263,10 +272,10 @@ def _tflite_path(case, tmp, runtime=None):
 def _run_ours(case, tmp):
     """(result, peak RSS MiB) of one of our cases, each in a fresh process."""
     if case["runtime"] == "tf":
-        return _spawn("import sys; from vov3d_tf.bench import main; "
+        return _spawn("import sys; from vov3d_tf.deploy.bench import main; "
                       "sys.exit(main(sys.argv[1:]))", [CASE_FLAG, json.dumps(case)])
     path = _tflite_path(case, tmp)
-    result, _ = _spawn("import json, sys; from vov3d_tf.bench import convert_case; "
+    result, _ = _spawn("import json, sys; from vov3d_tf.deploy.bench import convert_case; "
                        "convert_case(json.loads(sys.argv[1]), sys.argv[2]); print('{}')",
                        [json.dumps(case), path])
     if "error" in result:
@@ -321,7 +330,7 @@ def _run_openvino(args, case, tmp, ov_base):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vov3d_tf.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="vov3d-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=lambda s: s.split(","),
                    default=["vov3d_m", "vov3d_l", "x3d_m", "x3d_l"])
@@ -359,7 +368,7 @@ def main(argv=None):
     if args.run_case:
         print(json.dumps(run_case(json.loads(args.run_case))))
         return 0
-    from vov3d_tf.models import MODEL_NAMES
+    from vov3d_tf.model.networks import MODEL_NAMES
     bad = [m for m in args.models if m not in MODEL_NAMES]
     if bad:
         p.error(f"unknown model(s) {bad}; allowed: {', '.join(MODEL_NAMES)}")
@@ -369,7 +378,7 @@ def main(argv=None):
         args.runtimes = ["tf", "litert"]
         if importlib.util.find_spec("ai_edge_litert") is None:
             args.runtimes = ["tf"]
-            print("vov3d_tf.bench: LiteRT is not installed (pip install -e '.[lite]'): "
+            print("vov3d_tf.deploy.bench: LiteRT is not installed (pip install -e '.[lite]'): "
                   "timing the TensorFlow runtime only", file=sys.stderr)
     bad = [r for r in args.runtimes if r not in RUNTIMES]
     if bad or not args.runtimes:
@@ -389,7 +398,7 @@ def main(argv=None):
     if args.openvino and not args.peer:
         p.error("--openvino runs OpenVINO on the PyTorch peer: pass --peer torch_peer.py too")
     if args.openvino and importlib.util.find_spec("openvino") is None:
-        print("vov3d_tf.bench: --openvino skipped: OpenVINO is not installed (pip install "
+        print("vov3d_tf.deploy.bench: --openvino skipped: OpenVINO is not installed (pip install "
               "openvino; it is a comparison, not a dependency of vov3d_tf)", file=sys.stderr)
         args.openvino = False
     failed = 0
@@ -415,7 +424,7 @@ def main(argv=None):
         if args.eval_shards:
             paths = {c["runtime"]: _tflite_path(c, tmp.name) for c, _ in group
                      if c["runtime"] in LITERT_QUANTIZE}
-            acc, _ = _spawn("import json, sys; from vov3d_tf.bench import accuracy_case; "
+            acc, _ = _spawn("import json, sys; from vov3d_tf.deploy.bench import accuracy_case; "
                             "print(json.dumps(accuracy_case(json.loads(sys.argv[1]), "
                             "json.loads(sys.argv[2]))))", [json.dumps(case), json.dumps(paths)])
             _emit({"accuracy": "quantized LiteRT vs litert (float32)", "eval_shards":

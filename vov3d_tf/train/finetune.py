@@ -1,9 +1,9 @@
 """Fine-tuning: start a run from pretrained weights, and freeze part of the network.
 
 The paper's best Something-Something results start from a Kinetics-400 VoV3D and fine-tune it
-(ARCHITECTURE.md §12, "finetune from K400"). `load_initial_weights(model, path)` copies a `.keras`
+(docs/architecture.md#training-recipe, "finetune from K400"). `load_initial_weights(model, path)` copies a `.keras`
 model of this project, or an official PySlowFast `.pth`/`.pyth`/`.npz` checkpoint (through
-`vov3d_tf.convert`), into a freshly built model. When only the number of classes differs, the
+`vov3d_tf.model.convert`), into a freshly built model. When only the number of classes differs, the
 classifier (`head_projection`) keeps its fresh initialisation, the reference's (§7: weight
 N(0, 0.01^2), bias 0); any other difference is an error naming every layer and shape.
 
@@ -11,25 +11,16 @@ N(0, 0.01^2), bias 0); any other difference is an error naming every layer and s
 stage up to a named one (`stem`, `s2` ... `s5`); a frozen BatchNorm runs in inference mode (its
 moving statistics are used and not updated), as Keras does for a non-trainable BN.
 """
-import hashlib
-import os
 
 import keras
 import numpy as np
 
-__all__ = ["load_initial_weights", "freeze", "FREEZE_CHOICES", "CLASSIFIER", "sha256"]
+from vov3d_tf import fileio
+from vov3d_tf.config import FREEZE_CHOICES, STAGES
+
+__all__ = ["load_initial_weights", "freeze", "CLASSIFIER"]
 
 CLASSIFIER = "head_projection"  # the layer a different num_classes re-initialises
-STAGES = ("stem", "s2", "s3", "s4", "s5")
-FREEZE_CHOICES = ("none", "backbone") + STAGES
-
-
-def sha256(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _source_weights(model, path):
@@ -44,8 +35,8 @@ def _source_weights(model, path):
     if not path.endswith((".pth", ".pyth", ".npz")):
         raise ValueError(f"model.init_weights: {path!r}: expected a .keras, .pth, .pyth or "
                          f".npz file")
-    from vov3d_tf.convert import load_state_dict, load_torch_weights
-    from vov3d_tf.models import VideoClassifier
+    from vov3d_tf.model.convert import load_state_dict, load_torch_weights
+    from vov3d_tf.model.networks import VideoClassifier
 
     state = load_state_dict(path)
     bias = state.get("head.projection.bias")
@@ -68,7 +59,7 @@ def load_initial_weights(model, path, log=print):
     when num_classes differs).
     Raises ValueError listing every missing, unexpected and mis-shaped layer otherwise.
     """
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"model.init_weights: {path!r} not found")
     source = _source_weights(model, path)
     targets = {layer.name: layer for layer in model.layers if layer.weights}
@@ -96,7 +87,7 @@ def load_initial_weights(model, path, log=print):
     for layer, arrays in assignments:
         layer.set_weights(arrays)
     loaded = sum(len(arrays) for _, arrays in assignments)
-    report = {"path": os.path.abspath(path), "sha256": sha256(path), "loaded": loaded,
+    report = {"path": fileio.abspath(path), "sha256": fileio.sha256(path), "loaded": loaded,
               "loaded_layers": [layer.name for layer, _ in assignments],
               "reinitialized": reinitialized}
     log(f"[vov3d] init_weights {path}: loaded {loaded} tensors of {len(assignments)} layers"

@@ -1,6 +1,6 @@
 """Latency of one video request through the exported SavedModel vs the in-process Keras model.
 
-    python -m vov3d_tf.serving_bench [--model vov3d_m] [--weights W.keras] [--frames 16]
+    vov3d-serving-bench [--model vov3d_m] [--weights W.keras] [--frames 16]
         [--crop 224] [--short-side 256] [--repeats 30] [--json OUT.json]
 
 Exports the model (random weights unless --weights) to a temporary folder, loads it back with
@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from vov3d_tf import runtime
+from vov3d_tf.data.specs import EvalViews
 
 
 def _clip_frames(num_frames):
@@ -45,8 +46,9 @@ def _clip_frames(num_frames):
                       zip(range(num_frames), container.decode(video=0))]
         if len(frames) == num_frames:
             return np.stack(frames), os.path.basename(paths[0])
-    from vov3d_tf.serving import ServingSpec, warmup_frames
-    spec = ServingSpec(num_frames=num_frames, crop_size=8, short_side=256)
+    from vov3d_tf.deploy.serving import ServingSpec, warmup_frames
+    spec = ServingSpec(EvalViews(num_frames=num_frames, crop_size=8, short_side=256, num_clips=1,
+                                 num_crops=1))
     return warmup_frames(spec), "synthetic"
 
 
@@ -73,8 +75,8 @@ def _time_interleaved(fns, repeats, warmup):
 def run(model, spec, frames, *, repeats=30, warmup=3, workdir=None):
     """Times the six paths above; returns {name: {p50_ms, p95_ms, mean_ms, runs}}."""
     from vov3d_tf.data import preprocess
-    from vov3d_tf.inference import fold_batchnorm
-    from vov3d_tf.serving import encode_jpegs, export_saved_model
+    from vov3d_tf.model.inference import fold_batchnorm
+    from vov3d_tf.deploy.serving import encode_jpegs, export_saved_model
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         folded = fold_batchnorm(model)  # once: the export keeps an already folded model as is
@@ -86,7 +88,7 @@ def run(model, spec, frames, *, repeats=30, warmup=3, workdir=None):
 
         @tf.function
         def keras_frames(video):
-            views = preprocess.eval_views_from_frames(video, **spec.view_kwargs())
+            views = preprocess.eval_views_from_frames(video, spec.views)
             return tf.nn.softmax(folded(views, training=False))
 
         @tf.function
@@ -98,10 +100,8 @@ def run(model, spec, frames, *, repeats=30, warmup=3, workdir=None):
         batch = video[tf.newaxis]
         # T frames already at the model's size: the served resize is skipped and the crop is the
         # whole frame (aspect ratio is irrelevant for timing).
-        size = [spec.crop_size, spec.crop_size]
-        idx = preprocess.eval_indices(len(frames), num_frames=spec.num_frames,
-                                      sampling=spec.sampling, sampling_rate=spec.sampling_rate,
-                                      num_clips=1)
+        size = [spec.views.crop, spec.views.crop]
+        idx = preprocess.eval_indices(len(frames), spec.views.single_view())
         at_crop = tf.cast(tf.round(tf.image.resize(tf.gather(video, tf.reshape(idx, [-1])), size)),
                           tf.uint8)
         at_crop_batch = at_crop[tf.newaxis]
@@ -119,7 +119,7 @@ def run(model, spec, frames, *, repeats=30, warmup=3, workdir=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vov3d_tf.serving_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="vov3d-serving-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vov3d_m", help="architecture (ignored with --weights)")
     p.add_argument("--weights", default=None, help=".keras model to export and time")
@@ -137,7 +137,8 @@ def main(argv=None):
 
     import vov3d_tf
     from vov3d_tf import fileio
-    from vov3d_tf.serving import ServingSpec, load_trained_model
+    from vov3d_tf.deploy.loading import load_trained_model
+    from vov3d_tf.deploy.serving import ServingSpec
 
     if args.weights:
         model = load_trained_model(args.weights)
@@ -149,7 +150,8 @@ def main(argv=None):
     else:
         model = vov3d_tf.create_model(args.model, args.num_classes)
         name = args.model
-    spec = ServingSpec(num_frames=args.frames, crop_size=args.crop, short_side=args.short_side)
+    spec = ServingSpec(EvalViews(num_frames=args.frames, crop_size=args.crop,
+                                 short_side=args.short_side, num_clips=1, num_crops=1))
     frames, source = _clip_frames(args.frames)
     results = run(model, spec, frames, repeats=args.repeats, warmup=args.warmup)
 

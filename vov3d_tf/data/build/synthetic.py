@@ -14,7 +14,7 @@ exactly the same positions - a class is only a permutation of the same frames:
 so the bag of frames of a video carries no label information and a model that ignores time
 cannot beat chance (1 / num_classes); a temporal model learns it in a few epochs.
 
-    python -m vov3d_tf.data.synthetic --output-dir /tmp/synthetic
+    vov3d-synthetic --output-dir /tmp/synthetic
 
 writes `train-*-of-*.tfrecord`, `eval-*-of-*.tfrecord`, `labels.txt` and `manifest.json` into one
 directory (see shards.py). Deterministic: same arguments, byte-identical shards.
@@ -35,7 +35,6 @@ CLASS_NAMES = ("left_to_right", "right_to_left", "out_and_back_left", "out_and_b
                "two_sweeps_left", "two_sweeps_right")
 MAX_CLASSES = len(CLASS_NAMES)
 SPLITS = ("train", "eval")
-JPEG_QUALITY = 90
 
 
 def class_order(label, num_frames):
@@ -86,7 +85,7 @@ def render_video(digit, label, rng, *, num_frames, size):
     return np.clip(np.rint(video * 255), 0, 255).astype(np.uint8)
 
 
-def encode_jpeg(frame, quality=JPEG_QUALITY):
+def encode_jpeg(frame, quality=fmt.JPEG_QUALITY):
     from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
@@ -124,8 +123,8 @@ def write_synthetic_dataset(output_dir, *, num_train=384, num_eval=96, num_frame
     from sklearn.datasets import load_digits
     digits = load_digits().images
     labels = list(CLASS_NAMES[:num_classes])
-    params = {"generator": "vov3d_tf.data.synthetic", "num_frames": num_frames, "size": size,
-              "num_classes": num_classes, "seed": seed, "jpeg_quality": JPEG_QUALITY,
+    params = {"generator": "vov3d_tf.data.build.synthetic", "num_frames": num_frames, "size": size,
+              "num_classes": num_classes, "seed": seed, "jpeg_quality": fmt.JPEG_QUALITY,
               "num_train": num_train, "num_eval": num_eval}
     manifest = None
     fileio.makedirs(output_dir)
@@ -160,7 +159,7 @@ def write_synthetic_dataset(output_dir, *, num_train=384, num_eval=96, num_frame
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.data.synthetic",
+    parser = argparse.ArgumentParser(prog="vov3d-synthetic",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--num-train", type=int, default=384)

@@ -1,6 +1,11 @@
-"""The reference's optimizer step: PyTorch SGD (momentum, Nesterov, coupled L2 weight decay).
+"""The reference's optimizer step and LR schedules (docs/architecture.md#training-recipe; docs/architecture.md).
 
-The paper trains with PySlowFast's `torch.optim.SGD` (ARCHITECTURE.md §12): momentum 0.9,
+    make_optimizer(train_cfg, model, steps_per_epoch)   the optimizer of `train.optimizer`
+    make_schedule(train_cfg, steps_per_epoch)           the LR policy of `train.lr_policy`
+
+The SGD step: PyTorch SGD (momentum, Nesterov, coupled L2 weight decay).
+
+The paper trains with PySlowFast's `torch.optim.SGD` (docs/architecture.md#training-recipe): momentum 0.9,
 Nesterov, dampening 0, and weight decay added to the gradient before momentum, on every
 parameter whose official PyTorch name does not contain "bn". Per step, with learning rate `lr`::
 
@@ -13,26 +18,28 @@ Keras' `SGD` keeps the LR inside its velocity (`v = m * v - lr * g`) and decays 
 `ReferenceSGD` is that PyTorch step as a Keras 3 optimizer (serializable, its momentum buffers
 are ordinary optimizer variables in `tf.train.Checkpoint`s, wraps in a `LossScaleOptimizer`).
 
-Which parameters are decayed comes from the official names (`vov3d_tf.convert.official_names`,
+The LR: base LR x global batch / reference batch (the linear scaling rule), a linear warm-up,
+then PySlowFast's `cosine` (`WarmupCosineDecay`) or `steps_with_relative_lrs`
+(`WarmupStepsDecay`) policy, per optimizer step.
+
+Which parameters are decayed comes from the official names (`vov3d_tf.model.convert.official_names`,
 the converter's mapping), so the reference's naming quirk is reproduced: the BNs inside each
 D(2+1)D's `nn.Sequential` are `...a.1` and `...c.1`, names without "bn", and *are* decayed
 (80 of VoV3D-M's 134 BN layers), as are all biases (SE fc1/fc2, the classifier). In X3D every
 BN is named `*_bn` and none is decayed (§14.5).
 """
+import math
+
 import keras
 import tensorflow as tf
 from keras import ops
 
-from vov3d_tf.convert import official_names
+from vov3d_tf import _compat
+from vov3d_tf.model.convert import official_names
 
-__all__ = ["ReferenceSGD", "reference_decay_exclusions", "reference_sgd", "OPTIMIZER_FORMS",
-           "LR_POLICIES", "WarmupStepsDecay"]
-
-# `train.optimizer` values: the reference's step, or Keras' SGD (decoupled decay, LR in the
-# velocity; weight decay on kernels only).
-OPTIMIZER_FORMS = ("reference", "keras")
-# `train.lr_policy` values (after the linear warm-up): PySlowFast's names.
-LR_POLICIES = ("cosine", "steps_with_relative_lrs")
+__all__ = ["ReferenceSGD", "reference_decay_exclusions", "reference_sgd", "LinearWarmup",
+           "WarmupCosineDecay", "WarmupStepsDecay", "scaled_learning_rate", "no_decay_variables",
+           "make_schedule", "make_optimizer"]
 
 
 def reference_decay_exclusions(model):
@@ -159,3 +166,81 @@ class WarmupStepsDecay(LinearWarmup):
         return {"peak_lr": self.peak_lr, "steps_per_epoch": self.steps_per_epoch,
                 "lr_steps": self.lr_steps, "lr_relative": self.lr_relative,
                 "warmup_steps": self.warmup_steps, "warmup_start_lr": self.warmup_start_lr}
+
+
+@keras.saving.register_keras_serializable(package="vov3d_tf")
+class WarmupCosineDecay(LinearWarmup):
+    """PySlowFast's cosine policy with linear warm-up, per step (docs/architecture.md#training-recipe)::
+
+        lr(s) = 0.5 * peak * (1 + cos(pi * s / total))                       s >= warmup
+        lr(s) = start + (lr(warmup) - start) * s / warmup                     s <  warmup
+
+    The cosine runs over the whole run (warm-up included) and ends at 0, as in the reference.
+    """
+
+    def __init__(self, peak_lr, total_steps, warmup_steps=0, warmup_start_lr=0.0):
+        self.peak_lr = float(peak_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_start_lr = float(warmup_start_lr)
+
+    def _policy(self, step):
+        frac = tf.minimum(step / float(max(self.total_steps, 1)), 1.0)
+        return 0.5 * self.peak_lr * (1.0 + tf.cos(math.pi * frac))
+
+    def get_config(self):
+        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "warmup_start_lr": self.warmup_start_lr}
+
+
+def scaled_learning_rate(train_cfg):
+    """Linear scaling rule: base LR at the reference batch, scaled to the global batch."""
+    return train_cfg.base_lr * train_cfg.batch_size / train_cfg.lr_reference_batch
+
+
+def no_decay_variables(model):
+    """BatchNorm gamma/beta and every bias: excluded from weight decay."""
+    out = []
+    for layer in _compat.flatten_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            out += layer.trainable_weights
+        else:
+            out += [w for w in layer.trainable_weights if w.name == "bias"]
+    return out
+
+
+def make_schedule(train_cfg, steps_per_epoch):
+    """The LR schedule of `train.lr_policy`, per step: peak = `scaled_learning_rate`, a warm-up
+    of `warmup_epochs` rounded to whole steps from `warmup_start_lr`."""
+    t = train_cfg
+    warmup = dict(peak_lr=scaled_learning_rate(t),
+                  warmup_steps=int(round(t.warmup_epochs * steps_per_epoch)),
+                  warmup_start_lr=t.warmup_start_lr)
+    if t.lr_policy == "cosine":
+        return WarmupCosineDecay(total_steps=t.epochs * steps_per_epoch, **warmup)
+    return WarmupStepsDecay(steps_per_epoch=steps_per_epoch, lr_steps=tuple(t.lr_steps),
+                            lr_relative=tuple(t.lr_relative), **warmup)
+
+
+def make_optimizer(train_cfg, model, steps_per_epoch):
+    """SGD Nesterov with the warm-up schedule, in the form `train.optimizer` names.
+
+    `reference`: `ReferenceSGD`, torch.optim.SGD's step with coupled L2 decay
+    (`g += wd * w` before momentum) on every parameter whose official name has no "bn"
+    (biases and the D(2+1)D `a.1`/`c.1` BNs included). `keras`: Keras' SGD, decoupled decay
+    (`w -= lr * wd * w`) on kernels only. Build `model` (and freeze it) before calling this.
+    """
+    schedule = make_schedule(train_cfg, steps_per_epoch)
+    if train_cfg.optimizer == "reference":
+        optimizer = reference_sgd(model, schedule, momentum=train_cfg.momentum,
+                                  nesterov=train_cfg.nesterov,
+                                  weight_decay=train_cfg.weight_decay)
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=train_cfg.momentum,
+                                         nesterov=train_cfg.nesterov,
+                                         weight_decay=train_cfg.weight_decay or None)
+        if train_cfg.weight_decay:
+            optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
+    if train_cfg.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

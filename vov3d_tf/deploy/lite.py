@@ -1,6 +1,6 @@
 """CPU inference through LiteRT (TensorFlow Lite): the fastest and smallest way to run a model.
 
-    python -m vov3d_tf.lite runs/demo/best.keras --output vov3d.tflite --frames 16 --size 224
+    vov3d-lite runs/demo/best.keras --output vov3d.tflite --frames 16 --size 224
 
 writes a float32 `.tflite` file of the BN-folded model for one fixed input shape
 `(batch, frames, size, size, 3)` (normalized frames, as the Keras model takes; logits out).
@@ -38,6 +38,8 @@ import sys
 import numpy as np
 
 from vov3d_tf import runtime
+from vov3d_tf.config import SAMPLING_MODES
+from vov3d_tf.data.specs import EvalViews
 
 QUANTIZE_MODES = ("fp16", "dynamic", "int8")
 # What int8 conversion keeps in float32 by default (TFLite op names; regular expressions on op
@@ -49,7 +51,7 @@ INT8_FLOAT_NODES = ()
 
 
 def _check_shape(frames, height, width, batch_size):
-    from vov3d_tf.models import _check_positive_ints
+    from vov3d_tf.model.networks import _check_positive_ints
 
     for name, value in (("frames", frames), ("height", height), ("width", width),
                         ("batch_size", batch_size)):
@@ -61,7 +63,7 @@ def _converter(model, frames, height, width, batch_size):
     import keras
     import tensorflow as tf
 
-    from vov3d_tf.inference import fold_batchnorm
+    from vov3d_tf.model.inference import fold_batchnorm
 
     folded = fold_batchnorm(model)
     inputs = keras.Input((frames, height, width, 3), batch_size=batch_size, name="clips")
@@ -127,7 +129,7 @@ def to_tflite(model, *, frames=16, height=224, width=None, batch_size=1, quantiz
     for name, value in (("float_ops", float_ops), ("float_nodes", float_nodes)):
         if value is not None and quantize != "int8":
             raise ValueError(f"{name} is only used by quantize='int8', not {quantize!r}")
-    from vov3d_tf import layers as L
+    from vov3d_tf.model import layers as L
 
     converter = _converter(model, frames, height, width, batch_size)
     # The model is traced inside convert(), in the LiteRT form of the T-OSA sum (int8 ADDs, not
@@ -194,30 +196,27 @@ def _write(blob, path):
 
 
 class EvalClips:
-    """The eval views of video shards, one normalized clip (frames, size, size, 3) at a time, as
-    the training pipeline's evaluation makes them (`make_dataset(training=False)`: resize to the
-    short side `size`, `size` x `size` crops, `num_crops` per clip; segment or dense sampling).
+    """The test views `views` (an `EvalViews`) of video shards, one normalized clip at a time,
+    as evaluation makes them (`pipeline.eval_dataset`).
 
     Iterable more than once; `count` is the number of clips the last pass yielded, `labels` the
     video labels it read. `max_clips` stops early (None: every view of every video).
     """
 
-    def __init__(self, file_pattern, *, frames, size, max_clips=None, sampling="segment",
-                 num_clips=None, num_crops=3):
+    def __init__(self, file_pattern, views, *, max_clips=None):
         if max_clips is not None and (not isinstance(max_clips, int) or max_clips < 1):
             raise ValueError(f"max_clips must be a positive int or None, got {max_clips!r}")
         self.max_clips, self.count, self.labels = max_clips, 0, []
-        self._args = dict(num_frames=frames, test_short_side=size, sampling=sampling,
-                          num_clips=num_clips, num_crops=num_crops)
+        self.views = views
         self._file_pattern = file_pattern
         from vov3d_tf.data.pipeline import resolve_files
         resolve_files(file_pattern)  # no matching file: FileNotFoundError naming the pattern
 
     def videos(self):
         """(views (V, T, S, S, 3), label) per video, in shard order."""
-        from vov3d_tf.data import make_dataset
+        from vov3d_tf.data.pipeline import eval_dataset
 
-        ds = make_dataset(self._file_pattern, training=False, batch_size=1, **self._args)
+        ds = eval_dataset(self._file_pattern, self.views, batch_size=1)
         for views, label in ds:
             yield views.numpy()[0], int(label.numpy()[0])
 
@@ -285,11 +284,11 @@ class TFLiteRunner:
 def _as_runner(model, num_threads):
     if isinstance(model, (bytes, bytearray, str, os.PathLike)):
         return TFLiteRunner(model, num_threads=num_threads)
-    from vov3d_tf.models import VideoClassifier
+    from vov3d_tf.model.networks import VideoClassifier
     if isinstance(model, VideoClassifier):
         import tensorflow as tf
 
-        from vov3d_tf.inference import fold_batchnorm
+        from vov3d_tf.model.inference import fold_batchnorm
         folded = fold_batchnorm(model)
         step = tf.function(lambda x: folded(x, training=False), reduce_retracing=True)
         return lambda clips: step(clips).numpy()
@@ -306,7 +305,7 @@ def compare(reference, candidates, eval_clips, *, max_videos=None, num_threads=N
       clips -> logits); candidates: {name: model} of the same kinds (e.g. quantized `.tflite`).
     eval_clips: an `EvalClips` (the eval views of labeled shards).
     Returns {name: {"top1", "top5", ...}} with "reference" first: video top-1/top-5 from the
-    summed view softmaxes (the multi-view test of `vov3d_tf.evaluation`), and per candidate
+    summed view softmaxes (the multi-view test of `vov3d_tf.train.evaluation`), and per candidate
     "top1_agreement" (fraction of views whose top-1 class equals the reference's),
     "video_top1_agreement" (same per video), "top1_delta" (candidate - reference top-1),
     "logit_rel_rmse" (RMS logit error over the reference logits' standard deviation), and
@@ -316,7 +315,7 @@ def compare(reference, candidates, eval_clips, *, max_videos=None, num_threads=N
     Videos with hidden labels (-1) count in the agreements only; top-1/top-5 are then over the
     labelled videos ("labelled_videos"), None when there are none.
     """
-    from vov3d_tf.evaluation import multi_view_scores, topk_accuracy
+    from vov3d_tf.train.evaluation import multi_view_scores, topk_accuracy
 
     runners = {"reference": _as_runner(reference, num_threads)}
     runners.update({name: _as_runner(m, num_threads) for name, m in candidates.items()})
@@ -391,9 +390,9 @@ def _ops(value):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vov3d_tf.lite", description=__doc__,
+    p = argparse.ArgumentParser(prog="vov3d-lite", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("weights", help=".keras model written by train.py or vov3d_tf.convert")
+    p.add_argument("weights", help=".keras model written by train.py or vov3d_tf.model.convert")
     p.add_argument("--output", required=True, help="the .tflite file to write")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224, help="crop height and width")
@@ -417,12 +416,17 @@ def main(argv=None):
                         "model on their eval views and the agreement of their top-1")
     p.add_argument("--eval-videos", type=int, default=None, metavar="N",
                    help="only the first N videos of --eval-shards")
-    p.add_argument("--sampling", choices=("segment", "dense"), default="segment",
+    p.add_argument("--sampling", choices=SAMPLING_MODES, default=EvalViews.sampling,
                    help="temporal sampling of the eval views, as the training config's "
-                        "data.sampling (default segment)")
-    p.add_argument("--num-clips", type=int, default=None,
-                   help="eval clips per video (default: 2 for segment, 10 for dense)")
-    p.add_argument("--num-crops", type=int, default=3, help="eval crops per clip")
+                        f"data.sampling (default {EvalViews.sampling})")
+    p.add_argument("--sampling-rate", type=int, default=EvalViews.sampling_rate,
+                   help="dense sampling's frame stride, as data.sampling_rate (configs/k400.json: "
+                        f"5; default {EvalViews.sampling_rate})")
+    p.add_argument("--num-clips", type=int, default=EvalViews.num_clips,
+                   help=f"eval clips per video, as eval.num_clips (default "
+                        f"{EvalViews.num_clips})")
+    p.add_argument("--num-crops", type=int, default=EvalViews.num_crops,
+                   help=f"eval crops per clip (default {EvalViews.num_crops})")
     p.add_argument("--threads", type=int, default=0, help="LiteRT threads (0: all cores)")
     args = p.parse_args(argv)
     runtime.configure()  # TF process settings, before the first tensor
@@ -438,17 +442,18 @@ def main(argv=None):
         p.error(f"--calibration-clips must be >= 1, got {args.calibration_clips}")
     if args.eval_shards and args.batch == 0:
         p.error("--eval-shards needs a fixed --batch")
-    from vov3d_tf.serving import load_trained_model
+    from vov3d_tf.deploy.loading import load_trained_model
 
-    views = dict(frames=args.frames, size=args.size, sampling=args.sampling,
-                 num_clips=args.num_clips, num_crops=args.num_crops)
     try:
+        views = EvalViews(num_frames=args.frames, short_side=args.size, sampling=args.sampling,
+                          sampling_rate=args.sampling_rate, num_clips=args.num_clips,
+                          num_crops=args.num_crops)
         model = load_trained_model(args.weights)
         calibration = None
         if args.quantize == "int8":
-            calibration = EvalClips(args.calibration_shards, max_clips=args.calibration_clips,
-                                    **views)
-        eval_clips = EvalClips(args.eval_shards, **views) if args.eval_shards else None
+            calibration = EvalClips(args.calibration_shards, views,
+                                    max_clips=args.calibration_clips)
+        eval_clips = EvalClips(args.eval_shards, views) if args.eval_shards else None
         blob = to_tflite(model, frames=args.frames, height=args.size,
                          batch_size=args.batch or None, quantize=args.quantize,
                          calibration=calibration, float_ops=args.float_ops,

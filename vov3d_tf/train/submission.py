@@ -1,7 +1,7 @@
 """A test-set submission file from an evaluation's predictions.csv (hidden-label test splits).
 
     python train.py --config configs/ssv2.json --eval-only --set data.eval_files='data/ssv2/test-*'
-    python -m vov3d_tf.data.submission runs/ssv2/eval/predictions.csv --output submission.csv \\
+    vov3d-submission runs/ssv2/eval/predictions.csv --output submission.csv \\
         --ids /data/ssv2/test.json [--answers /data/ssv2/test-answers.csv]
 
 Writes one line per video, `{video id};{predicted class name}`, no header: the `id;class` form
@@ -114,7 +114,7 @@ def score(predictions_csv, answers_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.data.submission",
+    parser = argparse.ArgumentParser(prog="vov3d-submission",
                                      description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[1:]))

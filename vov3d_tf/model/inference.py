@@ -7,7 +7,7 @@ mode (tested to 1e-4); it is the fast path for evaluation, prediction and servin
 """
 import numpy as np
 
-from vov3d_tf import layers as L
+from vov3d_tf.model import layers as L
 
 
 def _out_channel_axis(layer):
@@ -18,7 +18,7 @@ def _out_channel_axis(layer):
 
 def fold_batchnorm(model):
     """Return an inference copy of `model` (a `VideoClassifier`) with BN folded into convs."""
-    from vov3d_tf.models import VideoClassifier
+    from vov3d_tf.model.networks import VideoClassifier
 
     if not isinstance(model, VideoClassifier):
         raise TypeError(f"fold_batchnorm needs a vov3d_tf VideoClassifier, got {type(model).__name__}")

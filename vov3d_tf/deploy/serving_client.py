@@ -6,7 +6,7 @@ short side: a request then carries T small JPEGs instead of a whole video, and w
 made with `export.py --client-sampling` every request has the same shape (batch, num_clips x T),
 which is what TF Serving's request batching concatenates.
 
-    from vov3d_tf import serving_client
+    from vov3d_tf.deploy import serving_client
     spec = serving_client.read_spec("models/vov3d_m/1")        # or serving.ServingSpec(...)
     frames = serving_client.sample_frames("video.mp4", spec)   # list of JPEG bytes
     body = serving_client.rest_body([frames])                  # POST .../models/NAME:predict
@@ -24,7 +24,9 @@ import os
 
 import numpy as np
 
-from vov3d_tf import fileio, serving
+from vov3d_tf import fileio
+from vov3d_tf.data import format as fmt
+from vov3d_tf.deploy import serving
 
 __all__ = ["read_spec", "sample_indices", "sample_frames", "rest_body", "grpc_request",
            "outputs_from_rest", "outputs_from_grpc"]
@@ -45,7 +47,7 @@ def read_spec(saved_model_dir_or_info):
         raise ValueError(f"{path}: not JSON: {e}") from None
     if not isinstance(info, dict) or "spec" not in info:
         raise ValueError(f"{path}: no 'spec' entry (not written by vov3d_tf export)")
-    return serving.ServingSpec(**info["spec"])
+    return serving.ServingSpec.from_dict(info["spec"])
 
 
 def sample_indices(num_video_frames, spec):
@@ -54,20 +56,19 @@ def sample_indices(num_video_frames, spec):
 
     if num_video_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {num_video_frames}")
-    idx = preprocess.eval_indices(num_video_frames, num_frames=spec.num_frames,
-                                  sampling=spec.sampling, sampling_rate=spec.sampling_rate,
-                                  num_clips=spec.num_clips)
+    idx = preprocess.eval_indices(num_video_frames, spec.views)
     return np.asarray(idx).reshape(-1)
 
 
-def sample_frames(path, spec, *, fps=None, jpeg_quality=90):
+def sample_frames(path, spec, *, fps=None, jpeg_quality=fmt.JPEG_QUALITY):
     """JPEG bytes of the `num_clips * T` frames of the video file `path` the model looks at,
     resized to the spec's test short side (never upscaled); raises ValueError naming the file
     if it cannot be read."""
     from vov3d_tf.data.video_io import VideoError, read_video
 
     try:
-        jpegs = read_video(path, short_side=spec.short_side, fps=fps, jpeg_quality=jpeg_quality)
+        jpegs = read_video(path, short_side=spec.views.short_side, fps=fps,
+                           jpeg_quality=jpeg_quality)
     except VideoError as e:
         raise ValueError(f"{path}: {e}") from None
     return [jpegs[i] for i in sample_indices(len(jpegs), spec)]

@@ -1,24 +1,24 @@
 """Shard building as an Apache Beam pipeline: the local builder's output, on any Beam runner.
 
-    python -m vov3d_tf.data.build_shards --output-dir gs://b/k400 --split train \\
+    vov3d-build-shards --output-dir gs://b/k400 --split train \\
         --k400-csv gs://b/k400/train.csv --videos-root gs://b/k400/videos --num-shards 1024 \\
         --runner DataflowRunner --project P --region R --temp_location gs://b/tmp \\
         --sdk_container_image IMAGE     # any other Beam pipeline option too
 
 Needs the `beam` extra (`pip install -e ".[beam]"`). The launcher parses the annotations and
-makes the same plan as the local builder (build_shards.prepare: fixed permutation, finished
+makes the same plan as the local builder (builder.prepare: fixed permutation, finished
 shards reused); the pipeline then does what the local builder's worker pool does:
 
     shards to build --ExpandShard--> (shard, position, video) --Reshuffle--> Decode (PyAV/Pillow,
-    build_shards._load) --> GroupByKey(shard) --WriteShard--> one shard file each --> one manifest
+    builder.load_video) --> GroupByKey(shard) --WriteShard--> one shard file each --> one manifest
 
 * Same bytes: WriteShard puts a shard's records back in plan order and writes them with
-  build_shards.write_shard, the local builder's code; the manifest is written by
-  build_shards.finish in a single final step. So shard files, counts, class histogram, skipped
+  builder.write_shard, the local builder's code; the manifest is written by
+  builder.finish in a single final step. So shard files, counts, class histogram, skipped
   list, frame rates and sha256s equal the local builder's on the same input, labelled or a
   split with hidden labels (tested).
 * Bad videos never fail the pipeline: Decode turns any error into a skip (reason kept), counted
-  in the Beam metrics `vov3d_tf.data.beam:videos_skipped` / `videos_written` and listed in the
+  in the Beam metrics `vov3d_tf.data.build.beam:videos_skipped` / `videos_written` and listed in the
   manifest.
 * Retries: a shard is only ever written whole by the one WriteShard call for its index, to a
   temporary name renamed when complete. A retried or speculatively duplicated bundle rewrites
@@ -31,9 +31,10 @@ shards reused); the pipeline then does what the local builder's worker pool does
 import json
 
 from vov3d_tf import fileio
-from vov3d_tf.data import annotations, build_shards
+from vov3d_tf.data.build import annotations
+from vov3d_tf.data.build import builder
 
-METRICS_NAMESPACE = "vov3d_tf.data.beam"
+METRICS_NAMESPACE = "vov3d_tf.data.build.beam"
 
 
 def _item_row(item):
@@ -73,10 +74,10 @@ def run(items, labels, *, output_dir, split, num_shards, params, gzip=False, bea
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    num_shards, finished, todo = build_shards.prepare(
+    num_shards, finished, todo = builder.prepare(
         items, labels, output_dir=output_dir, split=split, num_shards=num_shards, params=params,
         gzip=gzip)
-    plan_path = fileio.join(build_shards.state_path(output_dir, split), "plan.jsonl")
+    plan_path = fileio.join(builder.state_path(output_dir, split), "plan.jsonl")
     refs = write_plan(plan_path, todo)
     num_labels = len(labels)
     hidden_labels = annotations.labels_hidden(items)
@@ -93,7 +94,7 @@ def run(items, labels, *, output_dir, split, num_shards, params, gzip=False, bea
 
         def process(self, element):
             k, (position, item) = element
-            record, info = build_shards._load((item, params))  # never raises for a bad video
+            record, info = builder.load_video((item, params))  # never raises for a bad video
             (self.skipped if record is None else self.written).inc()
             yield k, (position, record, info)
 
@@ -108,13 +109,13 @@ def run(items, labels, *, output_dir, split, num_shards, params, gzip=False, bea
             raise RuntimeError(f"shard {name}: got positions {[d[0] for d in decoded]}, "
                                f"expected 0..{len(shard_items) - 1}")
         outcomes = [(record, info) for _, record, info in decoded]
-        return k, build_shards.write_shard(output_dir, split, name, digest, shard_items,
+        return k, builder.write_shard(output_dir, split, name, digest, shard_items,
                                            outcomes, num_labels, gzip=gzip)
 
     def manifest(results):
         done = dict(finished)
         done.update(results)
-        build_shards.finish(done, labels, output_dir=output_dir, split=split,
+        builder.finish(done, labels, output_dir=output_dir, split=split,
                             num_shards=num_shards, params=params, gzip=gzip,
                             hidden_labels=hidden_labels)
         return len(done)

@@ -1,10 +1,10 @@
 """Class predictions for a video file: the whole file, or sliding windows over a long video.
 
-    python -m vov3d_tf.predict VIDEO [--weights MODEL] [--config C.json] [--set k=v ...]
-    python -m vov3d_tf.predict VIDEO --window 4 --stride 2 [--output out.csv|out.jsonl] [--top-k 5]
+    vov3d-predict VIDEO [--weights MODEL] [--config C.json] [--set k=v ...]
+    vov3d-predict VIDEO --window 4 --stride 2 [--output out.csv|out.jsonl] [--top-k 5]
 
 MODEL picks the runtime from its path: a `.keras` file (TensorFlow, BN folded: the fast
-inference form), a `.tflite` file (LiteRT, from `python -m vov3d_tf.lite`; its fixed clip shape
+inference form), a `.tflite` file (LiteRT, from `vov3d-lite`; its fixed clip shape
 must be the config's frames and test crop) or a SavedModel export (`export.py`'s model folder,
 newest version, or one version folder; run through its `serve_frames` signature, which holds the
 export's own preprocessing and label list, so no config is needed). Default MODEL:
@@ -35,17 +35,15 @@ import threading
 import numpy as np
 
 from vov3d_tf import fileio, runtime
+from vov3d_tf.adapters import eval_views
+from vov3d_tf.config import add_config_arguments, config_from_args
+from vov3d_tf.data import format as fmt
+from vov3d_tf.train import rundir
 
-__all__ = ["video_views", "predict_video", "view_kwargs", "load_runtime", "KerasRuntime",
-           "SavedModelRuntime", "TFLiteRuntime", "predict_windows", "main"]
+__all__ = ["video_views", "predict_video", "load_runtime", "KerasRuntime", "SavedModelRuntime",
+           "TFLiteRuntime", "predict_windows", "main"]
 
 AGGREGATE = "mean of the window probabilities"
-
-
-def view_kwargs(cfg):
-    """Keyword arguments of `preprocess.eval_views` for the config's multi-view test."""
-    from vov3d_tf.adapters import eval_view_kwargs
-    return eval_view_kwargs(cfg, multi_view=True)
 
 
 def _read(path, *, fps, short_side):
@@ -56,20 +54,21 @@ def _read(path, *, fps, short_side):
         raise ValueError(f"{path}: {e}") from None
 
 
-def video_views(path, cfg, *, fps=None, short_side=256):
-    """Test views float32 (V, T, c, c, 3) of the video at `path`, as the eval pipeline makes
-    them from a shard built with `--short-side short_side --fps fps`."""
+def video_views(path, views, *, fps=None, short_side=fmt.SHORT_SIDE):
+    """The test views float32 (V, T, c, c, 3) of `views` (an `EvalViews`; from a config:
+    `adapters.eval_views(cfg)`) of the video at `path`, as the eval pipeline makes them from a
+    shard built with `--short-side short_side --fps fps`."""
     import tensorflow as tf
     from vov3d_tf.data import preprocess
     jpegs = _read(path, fps=fps, short_side=short_side)
-    return preprocess.eval_views(tf.constant(jpegs), **view_kwargs(cfg))
+    return preprocess.eval_views(tf.constant(jpegs), views)
 
 
-def predict_video(model, path, cfg, *, fps=None, short_side=256):
-    """Class probabilities (K,) of one video: mean of the softmax of its test views. `model`:
-    a runtime (`load_runtime`) or a Keras model; a `VideoClassifier` is BN-folded on every
-    call, so pass `KerasRuntime(model, view_kwargs(cfg))` to predict many videos."""
-    engine = model if hasattr(model, "probabilities") else KerasRuntime(model, view_kwargs(cfg))
+def predict_video(model, path, views, *, fps=None, short_side=fmt.SHORT_SIDE):
+    """Class probabilities (K,) of one video: mean of the softmax of its test views `views`.
+    `model`: a runtime (`load_runtime`) or a Keras model; a `VideoClassifier` is BN-folded on
+    every call, so pass `KerasRuntime(model, views)` to predict many videos."""
+    engine = model if hasattr(model, "probabilities") else KerasRuntime(model, views)
     return engine.probabilities([_read(path, fps=fps, short_side=short_side)])[0]
 
 
@@ -77,14 +76,14 @@ def predict_video(model, path, cfg, *, fps=None, short_side=256):
 # Runtimes: `probabilities(videos)`, videos = list of lists of JPEG frames -> (len(videos), K)
 # ----------------------------------------------------------------------------------------------
 
-def _views_fn(kwargs):
+def _views_fn(views):
     import tensorflow as tf
     from vov3d_tf.data import preprocess
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def views(jpegs):
-        return preprocess.eval_views(jpegs, **kwargs)
-    return views
+    def views_of(jpegs):
+        return preprocess.eval_views(jpegs, views)
+    return views_of
 
 
 class _EvalViewsRuntime:
@@ -94,12 +93,11 @@ class _EvalViewsRuntime:
 
     eager_first_call = False
 
-    def __init__(self, view_kwargs, num_classes, labels):
+    def __init__(self, views, num_classes, labels):
         self.num_classes = num_classes
         self.labels = labels
-        self.num_views = view_kwargs["num_clips"] * view_kwargs["num_crops"]
-        self._view_kwargs = view_kwargs
-        self._views = _views_fn(view_kwargs)
+        self.views = views
+        self._views = _views_fn(views)
         self._calls = 0
 
     def _logits(self, flat, eager):
@@ -113,10 +111,11 @@ class _EvalViewsRuntime:
         # cost more than it saves); later calls (windows of a stream) run the traced functions.
         eager = self.eager_first_call and self._calls == 0
         self._calls += 1
-        flat = tf.concat([preprocess.eval_views(tf.constant(v), **self._view_kwargs) if eager
+        flat = tf.concat([preprocess.eval_views(tf.constant(v), self.views) if eager
                           else self._views(tf.constant(v)) for v in videos], axis=0)  # (B*V, ...)
         probs = tf.nn.softmax(tf.cast(self._logits(flat, eager), tf.float32), axis=-1)
-        return tf.reduce_mean(tf.reshape(probs, [len(videos), self.num_views, -1]), axis=1).numpy()
+        return tf.reduce_mean(tf.reshape(probs, [len(videos), self.views.num_views, -1]),
+                              axis=1).numpy()
 
 
 class KerasRuntime(_EvalViewsRuntime):
@@ -124,16 +123,15 @@ class KerasRuntime(_EvalViewsRuntime):
 
     eager_first_call = True
 
-    def __init__(self, model, view_kwargs, *, labels=None):
+    def __init__(self, model, views, *, labels=None):
         import tensorflow as tf
-        from vov3d_tf.inference import fold_batchnorm
-        from vov3d_tf.models import VideoClassifier
+        from vov3d_tf.model.inference import fold_batchnorm
+        from vov3d_tf.model.networks import VideoClassifier
 
         if isinstance(model, VideoClassifier):
             model = fold_batchnorm(model)  # the fast inference form, same outputs (<= 1e-4)
-        super().__init__(view_kwargs, int(model.output_shape[-1]), labels)
-        shape = [None, view_kwargs["num_frames"], view_kwargs["crop_size"],
-                 view_kwargs["crop_size"], 3]
+        super().__init__(views, int(model.output_shape[-1]), labels)
+        shape = [None, *views.view_shape]
         self._model = model
         self._forward = tf.function(lambda x: model(x, training=False),
                                     input_signature=[tf.TensorSpec(shape, tf.float32)])
@@ -143,23 +141,23 @@ class KerasRuntime(_EvalViewsRuntime):
 
 
 class TFLiteRuntime(_EvalViewsRuntime):
-    """A `.tflite` clip classifier (LiteRT, `vov3d_tf.lite.TFLiteRunner`) with the eval
+    """A `.tflite` clip classifier (LiteRT, `vov3d_tf.deploy.lite.TFLiteRunner`) with the eval
     preprocessing (TensorFlow ops). The file is read through `fileio` (local, gs://, ...)."""
 
-    def __init__(self, path, view_kwargs, *, labels=None, num_threads=None):
-        from vov3d_tf.lite import TFLiteRunner
+    def __init__(self, path, views, *, labels=None, num_threads=None):
+        from vov3d_tf.deploy.lite import TFLiteRunner
 
         self.path = os.fspath(path)
         self._runner = TFLiteRunner(fileio.read_bytes(self.path), num_threads=num_threads)
         shape = [int(d) for d in self._runner.input["shape_signature"]]
-        want = [view_kwargs["num_frames"], view_kwargs["crop_size"], view_kwargs["crop_size"], 3]
+        want = list(views.view_shape)
         if len(shape) != 5 or shape[1:] != want:
             raise ValueError(f"{self.path}: the model takes clips {tuple(shape)} but the config's "
                              f"test views are (views, {', '.join(map(str, want))}) "
                              f"(data.num_frames, data.test_crop_size or data.test_short_side); "
                              f"convert it for that shape or fix the config")
         output = self._runner.interpreter.get_output_details()[0]
-        super().__init__(view_kwargs, int(output["shape"][-1]), labels)
+        super().__init__(views, int(output["shape"][-1]), labels)
 
     def _logits(self, flat, eager):
         # Chunks of the converted batch, the last one padded (a dynamic batch: all at once).
@@ -173,8 +171,8 @@ class SavedModelRuntime:
     def __init__(self, path):
         import tensorflow as tf
         from vov3d_tf.data.labels import read_labels
-        from vov3d_tf.serving import LABELS_ASSET, SIGNATURE_FRAMES
-        from vov3d_tf.serving_client import read_spec
+        from vov3d_tf.deploy.serving import LABELS_ASSET, SIGNATURE_FRAMES
+        from vov3d_tf.deploy.serving_client import read_spec
 
         self.path = _saved_model_version(os.fspath(path))
         loaded = tf.saved_model.load(self.path)
@@ -190,7 +188,7 @@ class SavedModelRuntime:
     def probabilities(self, videos):
         import tensorflow as tf
         from vov3d_tf.data import preprocess
-        from vov3d_tf.serving_client import sample_indices
+        from vov3d_tf.deploy.serving_client import sample_indices
 
         if self.spec.presampled:  # a --client-sampling export takes exactly the sampled frames
             videos = [[v[i] for i in sample_indices(len(v), self.spec)] for v in videos]
@@ -216,7 +214,7 @@ class SavedModelRuntime:
 
 def _saved_model_version(path):
     """`path` if it is a SavedModel, else its newest numbered version folder holding one."""
-    from vov3d_tf.serving import existing_versions
+    from vov3d_tf.deploy.serving import existing_versions
 
     if fileio.exists(fileio.join(path, "saved_model.pb")):
         return path
@@ -240,10 +238,10 @@ def load_runtime(model_path, cfg=None, *, labels=None):
         raise ValueError(f"{model_path}: a .keras or .tflite model needs the config of its test "
                          f"views (frames, resize, crops); only a SavedModel export has its own")
     if model_path.endswith(".tflite"):
-        return TFLiteRuntime(model_path, view_kwargs(cfg), labels=labels)
+        return TFLiteRuntime(model_path, eval_views(cfg), labels=labels)
     if model_path.endswith(".keras"):
-        from vov3d_tf.serving import load_trained_model
-        return KerasRuntime(load_trained_model(model_path), view_kwargs(cfg), labels=labels)
+        from vov3d_tf.deploy.loading import load_trained_model
+        return KerasRuntime(load_trained_model(model_path), eval_views(cfg), labels=labels)
     raise ValueError(f"{model_path}: expected a .keras file, a .tflite file or a SavedModel "
                      f"export folder")
 
@@ -370,21 +368,19 @@ def _positive_int(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m vov3d_tf.predict", description=__doc__,
+    parser = argparse.ArgumentParser(prog="vov3d-predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", help="video file (mp4, webm, avi, mkv, ...)")
     parser.add_argument("--weights", help=".keras file, .tflite file or SavedModel export folder "
                                           "(default: train.output_dir/best.keras)")
-    parser.add_argument("--config", help="experiment JSON (default: the SSv2 recipe)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="config override (repeatable)")
+    add_config_arguments(parser, required=False, default_help="the SSv2 recipe")
     parser.add_argument("--labels", help="class names, one per line (default: from the config; "
                                          "a SavedModel has its own)")
     parser.add_argument("--fps", type=_positive_float, default=None,
                         help="resample to this frame rate, as the shards were built (default: "
                              "every frame)")
-    parser.add_argument("--short-side", type=_positive_int, default=256,
-                        help="stored short side of the shards (build_shards --short-side)")
+    parser.add_argument("--short-side", type=_positive_int, default=fmt.SHORT_SIDE,
+                        help="stored short side of the shards (vov3d-build-shards --short-side)")
     parser.add_argument("--top-k", type=_positive_int, default=5)
     parser.add_argument("--window", type=_positive_float, default=None,
                         help="stream the video in windows of this many seconds")
@@ -400,16 +396,14 @@ def main(argv=None):
     runtime.configure()  # TF process settings, before the first tensor
 
     from vov3d_tf.adapters import class_names
-    from vov3d_tf.config import apply_overrides, config_from_dict, load_config
     from vov3d_tf.data import stream
     from vov3d_tf.data.labels import read_labels
     from vov3d_tf.data.video_io import VideoError
 
     writer = None
     try:
-        cfg = (load_config(args.config, args.overrides) if args.config else
-               config_from_dict(apply_overrides({}, args.overrides), "defaults"))
-        weights = args.weights or os.path.join(cfg.train.output_dir, "best.keras")
+        cfg, _ = config_from_args(args)
+        weights = args.weights or os.path.join(cfg.train.output_dir, rundir.BEST)
         if not fileio.exists(weights):
             raise FileNotFoundError(f"weights not found: {weights!r} (pass --weights)")
         if not fileio.exists(args.video):
