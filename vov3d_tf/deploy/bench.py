@@ -45,7 +45,7 @@ def run_case(case):
     import numpy as np
     import tensorflow as tf
 
-    import vov3d_tf
+    from vov3d_tf.model.inference import fold_batchnorm
 
     threads = case.get("threads")
     if threads:
@@ -68,7 +68,7 @@ def run_case(case):
             opt.apply_gradients(zip(grads, model.trainable_variables))
             return loss
     else:
-        folded = vov3d_tf.fold_batchnorm(model)
+        folded = fold_batchnorm(model)
         del model  # serve the folded copy only
         import gc
         gc.collect()
@@ -90,12 +90,12 @@ def run_case(case):
 
 def _model(case):
     """The case's model: its `weights` (.keras) when given, else freshly initialized."""
-    import vov3d_tf
+    from vov3d_tf.model.networks import create_model
 
     if case.get("weights"):
         from vov3d_tf.deploy.loading import load_trained_model
         return load_trained_model(case["weights"])
-    return vov3d_tf.create_model(case["model"], case["num_classes"])
+    return create_model(case["model"], case["num_classes"])
 
 
 def _calibration(case):

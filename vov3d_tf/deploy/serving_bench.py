@@ -135,20 +135,20 @@ def main(argv=None):
     args = p.parse_args(argv)
     runtime.configure()  # TF process settings, before the first tensor
 
-    import vov3d_tf
     from vov3d_tf import fileio
     from vov3d_tf.deploy.loading import load_trained_model
     from vov3d_tf.deploy.serving import ServingSpec
+    from vov3d_tf.model.networks import create_model
 
     if args.weights:
         model = load_trained_model(args.weights)
         name = os.path.basename(args.weights)
     elif args.tiny:
-        model = vov3d_tf.create_model("vov3d_m", args.num_classes, base_width=8,
-                                      blocks=(1, 1, 1, 1), num_conv=2)
+        model = create_model("vov3d_m", args.num_classes, base_width=8, blocks=(1, 1, 1, 1),
+                             num_conv=2)
         name = "tiny vov3d_m"
     else:
-        model = vov3d_tf.create_model(args.model, args.num_classes)
+        model = create_model(args.model, args.num_classes)
         name = args.model
     spec = ServingSpec(EvalViews(num_frames=args.frames, crop_size=args.crop,
                                  short_side=args.short_side, num_clips=1, num_crops=1))
