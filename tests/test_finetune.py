@@ -161,7 +161,7 @@ def test_freeze_s3_run_trains_stage_4_onward(tmp_path):  # 3 training steps, abo
 
 
 def test_steps_with_relative_lrs_by_hand():
-    # the K400 -> SSv2 fine-tune (§12): 0.05, x[1, 0.1, 0.01] from epochs [0, 35, 45], 50
+    # the K400 -> SSv2 fine-tune (architecture.md: training recipe): 0.05, x[1, 0.1, 0.01] from epochs [0, 35, 45], 50
     # epochs, 0.19-epoch warm-up from 1e-4; here 10 steps per epoch (warm-up: 2 steps)
     s = WarmupStepsDecay(0.05, 10, [0, 35, 45], [1, 0.1, 0.01], warmup_steps=2,
                          warmup_start_lr=1e-4)

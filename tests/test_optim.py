@@ -1,5 +1,5 @@
 """The reference optimizer (`vov3d_tf.train.optim`): its step against the PyTorch formulas written out
-by hand, the decayed-parameter set (docs/architecture.md#training-recipe and docs/architecture.md#the-a1--c1-naming-quirk-and-weight-decay), serialization."""
+by hand, the decayed-parameter set (architecture.md: training recipe and architecture.md: a.1/c.1 quirk), serialization."""
 import numpy as np
 import pytest
 
@@ -14,7 +14,7 @@ def test_decayed_set_is_the_reference_quirk():
     opt.build(model.trainable_variables)
     names = official_names(model)
     decayed = [v for v in model.trainable_variables if opt.decays(v)]
-    assert len(decayed) == 434  # docs/architecture.md#training-recipe: every tensor whose name has no "bn"
+    assert len(decayed) == 434  # architecture.md: training recipe: every tensor whose name has no "bn"
     assert all("bn" not in names[v.path] for v in decayed)
     bn_layers = {names[v.path].rpartition(".")[0] for v in decayed if "_bn/" in v.path}
     assert len(bn_layers) == 80 and all(n.endswith((".a.1", ".c.1")) for n in bn_layers)
@@ -24,7 +24,7 @@ def test_decayed_set_is_the_reference_quirk():
     opt = reference_sgd(x3d, 0.1)
     opt.build(x3d.trainable_variables)
     bn = [v for v in x3d.trainable_variables if "_bn/" in v.path]
-    assert len(bn) == 168 and not any(opt.decays(v) for v in bn)  # §14.5: every BN excluded
+    assert len(bn) == 168 and not any(opt.decays(v) for v in bn)  # architecture.md: a.1/c.1 quirk: every BN excluded
     assert all(opt.decays(v) for v in x3d.trainable_variables if "_bn/" not in v.path)
 
 

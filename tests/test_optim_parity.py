@@ -1,7 +1,7 @@
 """Training-step parity with the reference: Keras `fit()` with `ReferenceSGD` against the PyTorch
 twin (../shared/bench/torch_peer.py) trained by `torch.optim.SGD` as PySlowFast sets it up
-(docs/architecture.md#training-recipe: Nesterov, momentum 0.9, dampening 0, weight decay on every parameter
-whose name has no "bn", 0 on the others), from the official initialisation (§7), with a
+(architecture.md: training recipe: Nesterov, momentum 0.9, dampening 0, weight decay on every parameter
+whose name has no "bn", 0 on the others), from the official initialisation (architecture.md: initialisation), with a
 warm-up learning rate that changes at every step. Compared after K steps: every weight, every
 BN moving statistic, and the eval-mode logits. Float32 on both sides.
 """

@@ -2,8 +2,8 @@
 
 A config file is JSON with the sections `model`, `data`, `train`, `eval` and optionally
 `search`; every key is optional (defaults below, the paper's SSv2 recipe for VoV3D-M,
-docs/architecture.md#training-recipe). Anything unknown, of the wrong type or out of range is a `ValueError`
-naming the file and the dotted key, raised before any model or data is built::
+docs/architecture.md#training-recipe). Anything unknown, of the wrong type or out of range is a
+`ValueError` naming the file and the dotted key, raised before any model or data is built::
 
     cfg = load_config("configs/ssv2.json", overrides=["train.epochs=3", "model.blocks=[1,1,1,1]"])
 
@@ -34,7 +34,7 @@ __all__ = ["Config", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "
 # Allowed values (the closed sets of config keys, also checked by the library)
 # ----------------------------------------------------------------------------------------------
 
-SAMPLING_MODES = ("segment", "dense")  # Something-Something / Kinetics sampling (§12)
+SAMPLING_MODES = ("segment", "dense")  # Something-Something / Kinetics sampling
 NUM_CROPS = (1, 3)  # test crops per clip: the centre, or left/centre/right (uniform_crop)
 ON_CORRUPT = ("skip", "fail")  # a corrupt record is skipped and counted, or an error
 OPTIMIZER_FORMS = ("reference", "keras")  # torch.optim.SGD's step, or Keras' SGD
@@ -70,7 +70,8 @@ class ModelConfig:
     blocks: Optional[tuple[int, ...]] = field(default=None, metadata={"length": 4, **_positive()})
     dropout_rate: float = field(default=0.5, metadata=_range(0.0, 1.0, hi_open=True))
     # null: global average pooling in the head; [t, h, w]: the reference's fixed window, e.g.
-    # [16, 7, 7] for 16x224 training clips (matches its output at larger test crops, §6).
+    # [16, 7, 7] for 16x224 training clips (matches its output at larger test crops; see
+    # docs/architecture.md, the head).
     head_pool_size: Optional[tuple[int, ...]] = field(default=None,
                                                       metadata={"length": 3, **_positive()})
     # Start a fresh run from these weights: a .keras of this project, or an official PySlowFast
@@ -81,7 +82,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Shards (glob patterns) and the paper's sampling/augmentation (§12)."""
+    """Shards (glob patterns) and the paper's sampling/augmentation (the training recipe)."""
     train_files: str = "data/ssv2/train-*.tfrecord"
     eval_files: str = "data/ssv2/validation-*.tfrecord"
     labels_file: Optional[str] = None  # one class per line; null = the manifest's label list
@@ -109,7 +110,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation (§12): SGD Nesterov, cosine with linear warm-up, LR scaled with batch."""
+    """Optimisation (the training recipe): SGD Nesterov, cosine with linear warm-up, LR scaled
+    with the batch."""
     batch_size: int = field(default=64, metadata=_positive())  # global, over all replicas
     epochs: int = field(default=100, metadata=_positive())
     base_lr: float = field(default=0.1, metadata=_positive())

@@ -279,7 +279,7 @@ def _batched(ds, batch_size, drop_remainder, deterministic, prefetch):
 
 
 # ----------------------------------------------------------------------------------------------
-# The steps: files -> records -> (seeded) parse, corrupt records handled: files -> records -> (seeded) parse, corrupt records handled
+# The steps: files -> records -> (seeded) parse, corrupt records handled
 # ----------------------------------------------------------------------------------------------
 
 def _shard_files(files, file_pattern, num_shards, shard_index):

@@ -76,7 +76,8 @@ def segment_indices(num_video_frames, num_frames, *, training, seed=None, clip_i
     else:
         frac = (tf.cast(clip_index, tf.float32) + 0.5) / tf.cast(num_clips, tf.float32)
         idx = start + tf.floor((end - start) * frac)
-    return tf.clip_by_value(tf.cast(idx, tf.int32), 0, tf.maximum(tf.cast(num_video_frames, tf.int32) - 1, 0))
+    last = tf.maximum(tf.cast(num_video_frames, tf.int32) - 1, 0)
+    return tf.clip_by_value(tf.cast(idx, tf.int32), 0, last)
 
 
 def dense_indices(num_video_frames, num_frames, sampling_rate, *, training, seed=None,
@@ -121,7 +122,8 @@ def decode_jpegs(encoded):
 
 
 def decode_frames(encoded, indices, crop_window=None):
-    """Decodes only the frames at `indices` (each distinct frame once): uint8 (len(indices), H, W, 3).
+    """Decodes only the frames at `indices` (each distinct frame once): uint8
+    (len(indices), H, W, 3).
 
     With `crop_window` [y, x, h, w] only that region of each frame is decoded (libjpeg skips the
     rest), giving (len(indices), h, w, 3).
@@ -151,7 +153,8 @@ def short_side_size(height, width, short_side):
 
 
 def resize_short_side(frames, short_side):
-    """Bilinear (half-pixel centres = align_corners False) resize of (T, H, W, C) frames: float32."""
+    """Bilinear (half-pixel centres = align_corners False) resize of (T, H, W, C) frames:
+    float32."""
     shape = tf.shape(frames)
     new_h, new_w = short_side_size(shape[1], shape[2], short_side)
     frames = tf.cast(frames, tf.float32)

@@ -11,8 +11,8 @@ pipeline (`pipeline.eval_dataset`), `predict`, the exported serving graph (`Serv
 and the config adapter (`vov3d_tf.adapters.eval_views`) all take it, so they cannot drift.
 
 The defaults are the paper's Something-Something recipe, the config's defaults
-(`vov3d_tf.config.DataConfig` / `EvalConfig`, docs/architecture.md#training-recipe); the Kinetics recipe (dense
-sampling at stride 5, flip, 10 clips) is configs/k400.json.
+(`vov3d_tf.config.DataConfig` / `EvalConfig`, docs/architecture.md#training-recipe); the
+Kinetics recipe (dense sampling at stride 5, flip, 10 clips) is configs/k400.json.
 """
 import dataclasses
 from dataclasses import dataclass

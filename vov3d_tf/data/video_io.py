@@ -152,7 +152,8 @@ def iter_video(path, *, short_side=SHORT_SIDE, fps=None, start=None, end=None,
         container.close()
         handle.close()
     if not emitted:
-        raise VideoError("no frames decoded" + (f" in [{start}, {end}) s" if start is not None else ""))
+        where = f" in [{start}, {end}) s" if start is not None else ""
+        raise VideoError("no frames decoded" + where)
 
 
 def read_frame_folder(path, *, short_side=SHORT_SIDE, jpeg_quality=JPEG_QUALITY):

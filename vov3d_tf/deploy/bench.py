@@ -11,7 +11,8 @@ that only imports the framework, and their difference (`working_mb`). Every case
 fresh process. Inference runs the documented inference paths (`--runtimes`):
   tf      `fold_batchnorm(model)` called inside a `tf.function` (what evaluation, predict and the
           exported SavedModel run);
-  litert  the same folded model converted by `vov3d_tf.deploy.lite` for the case's fixed input shape,
+  litert  the same folded model converted by `vov3d_tf.deploy.lite` for the case's fixed input
+          shape,
           run by the LiteRT interpreter (XNNPACK) in a process that never imports TensorFlow;
   litert-fp16, litert-dynamic, litert-int8  the same, converted with `--quantize fp16 / dynamic
           / int8` (int8 calibrated on --calibration-shards, else on random clips).

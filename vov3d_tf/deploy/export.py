@@ -82,7 +82,8 @@ def parse_args(argv=None):
                            f"(default {ServingSpec.clips_per_chunk})")
     caps.add_argument("--client-sampling", action="store_true",
                       help="serving_default and serve_frames take exactly the sampled frames "
-                           "(num_clips x T per video, vov3d_tf.deploy.serving_client samples them): "
+                           "(num_clips x T per video; vov3d_tf.deploy.serving_client samples "
+                           "them): "
                            "fixed shapes for TF Serving's request batching")
     return p.parse_args(argv)
 

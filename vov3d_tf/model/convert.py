@@ -4,9 +4,9 @@
 
 SRC is a `.pth` / `.pyth` checkpoint (a dict with `model_state`, or a bare state_dict), read with
 `torch.load(weights_only=True)` so no pickled code runs, or an `.npz` of arrays under the official
-parameter names (like ../shared/reference/vov3d_m_parity.npz). Layout conversion follows
-docs/architecture.md#official-names-and-the-converter: PyTorch `(Cout, Cin/groups, kT, kH, kW)` kernels become the
-channels-last kernels of `vov3d_tf.model.layers`.
+parameter names (like the parity fixture's npz). Layout conversion follows
+docs/architecture.md#official-names-and-the-converter: PyTorch `(Cout, Cin/groups, kT, kH, kW)`
+kernels become the channels-last kernels of `vov3d_tf.model.layers`.
 """
 import argparse
 import re
@@ -19,7 +19,8 @@ from vov3d_tf import fileio
 from vov3d_tf.model import layers as L
 from vov3d_tf import runtime
 
-_BN_PARAMS = ("weight", "bias", "running_mean", "running_var")  # Keras order: gamma, beta, mean, var
+# In Keras' order: gamma, beta, moving mean, moving variance.
+_BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 # Non-weight arrays of the parity fixture (.npz); its `feat_*` debugging features are skipped too.
 _FIXTURE_EXTRAS = {"input", "logits", "probs", "logits_f64", "probs_f64"}
@@ -205,7 +206,8 @@ def torch_module_name(keras_name, family):
         return f"{block}.branch2.{_invert(_X3D_BRANCH2).get(rest, rest)}"
     u = re.match(r"^u(\d+)_(.+)$", rest)
     if u:
-        return f"{block}.branch2.layers.{u.group(1)}.{_invert(_VOV3D_UNIT).get(u.group(2), u.group(2))}"
+        part = _invert(_VOV3D_UNIT).get(u.group(2), u.group(2))
+        return f"{block}.branch2.layers.{u.group(1)}.{part}"
     return f"{block}.branch2.{_invert(_VOV3D_BRANCH2).get(rest, rest)}"
 
 

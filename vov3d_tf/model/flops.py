@@ -1,7 +1,7 @@
 """Multiply-adds and parameters of a model for a given clip shape.
 
-Counts like fvcore (which docs/architecture.md#numbers-the-port-matches reports): one multiply-add of a conv or
-linear layer = one "flop"; BatchNorm (inference) costs 2 per element and is reported separately;
+Counts like fvcore (docs/architecture.md#numbers-the-port-matches): one multiply-add of a conv
+or linear layer = one "flop"; BatchNorm (inference) costs 2 per element and is reported separately;
 element-wise ops (activations, SE gating, residual adds, pooling) are not counted.
 
     vov3d-flops --model vov3d_m --num-classes 174 --frames 16 --size 224

@@ -21,7 +21,8 @@ def fold_batchnorm(model):
     from vov3d_tf.model.networks import VideoClassifier
 
     if not isinstance(model, VideoClassifier):
-        raise TypeError(f"fold_batchnorm needs a vov3d_tf VideoClassifier, got {type(model).__name__}")
+        raise TypeError(f"fold_batchnorm needs a vov3d_tf VideoClassifier, got "
+                        f"{type(model).__name__}")
     if model.fold_bn:
         return model
     config = {**model.get_config(), "fold_bn": True, "name": model.name + "_folded"}

@@ -5,9 +5,9 @@ reference onto TensorFlow's fast 2D kernels (Keras `Conv3D(groups=C)` runs throu
 path on CPU) and pad exactly like PyTorch (symmetric padding, also for stride 2, where TF's
 "same" would pad (0, 1) instead of (1, 1)). Blocks are plain `apply_*` functions.
 
-Every conv here may carry a bias and a fused activation: the trainable model follows each conv
-with a BatchNormalization, the inference model (`vov3d_tf.model.inference.fold_batchnorm`) folds that
-BN into the conv's kernel and bias, and the activation rides along so TF's grappler can fuse
+Every conv here may carry a bias and a fused activation: the trainable model follows each conv with
+a BatchNormalization, the inference model (`vov3d_tf.model.inference.fold_batchnorm`) folds that BN
+into the conv's kernel and bias, and the activation rides along so TF's grappler can fuse
 MatMul/Conv + BiasAdd + Relu into one kernel.
 """
 import contextlib
@@ -30,8 +30,8 @@ def pairwise_sums():
     """While tracing inside this context, the T-OSA aggregation sums its per-input matmuls as a
     chain of two-input adds instead of one AddN.
 
-    For LiteRT conversion (`vov3d_tf.deploy.lite`): TFLite has no integer ADD_N, so an int8 model would
-    run each aggregation in float32 between DEQUANTIZE ops, while an integer ADD exists (and
+    For LiteRT conversion (`vov3d_tf.deploy.lite`): TFLite has no integer ADD_N, so an int8 model
+    would run each aggregation in float32 between DEQUANTIZE ops, while an integer ADD exists (and
     XNNPACK runs it). TensorFlow itself keeps AddN, one pass over memory instead of several.
     """
     token = _PAIRWISE_SUMS.set(True)
@@ -218,7 +218,8 @@ class SpatialConv(_ConvBase):
     """1 x k x k convolution (dense or depthwise) on frames folded into the batch.
 
     Pads k//2 on each side of H and W like PyTorch, so strided convs sample the same grid as
-    the reference. `depthwise=True`: kernel `(k, k, C, 1)` = PyTorch `w[:, 0, 0].transpose(1, 2, 0)[..., None]`;
+    the reference. `depthwise=True`: kernel `(k, k, C, 1)` = PyTorch
+    `w[:, 0, 0].transpose(1, 2, 0)[..., None]`;
     dense: kernel `(k, k, Cin, Cout)` = `w[:, :, 0].transpose(2, 3, 1, 0)`.
     """
 
@@ -384,9 +385,9 @@ def _window_mean(x, axis, window):
 @keras.saving.register_keras_serializable(package="vov3d_tf")
 class WindowAveragePool(keras.layers.Layer):
     """Average over every `pool_size` = (t, h, w) window, stride 1, no padding: the reference
-    head's fixed `AvgPool3d` (docs/architecture.md#the-head-and-head_pool_size). A window larger than the feature map is
-    clipped to it (the reference would fail there), so at or below the training clip geometry
-    this is global pooling with one output position."""
+    head's fixed `AvgPool3d` (architecture.md: head). A window larger
+    than the feature map is clipped to it (the reference would fail there), so at or below the
+    training clip geometry this is global pooling with one output position."""
 
     def __init__(self, pool_size, **kwargs):
         super().__init__(**kwargs)
@@ -410,7 +411,8 @@ class WindowAveragePool(keras.layers.Layer):
 class MeanOfSoftmaxes(keras.layers.Layer):
     """Per-position logits (B, T', H', W', K) -> (B, K): the logits themselves when there is one
     position, else log(mean over positions of softmax), whose softmax is the reference head's
-    evaluation output (the average of the positions' class probabilities, §6)."""
+    evaluation output (the average of the positions' class
+    probabilities, docs/architecture.md: the head)."""
 
     def call(self, x):
         flat = tf.reshape(x, tf.stack([tf.shape(x)[0], -1, tf.shape(x)[-1]]))
@@ -459,7 +461,8 @@ class BatchNorm(keras.layers.BatchNormalization):
             epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
             is_training=True)
         m = self.momentum
-        self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1 - m))
+        self.moving_mean.assign(self.moving_mean * m
+                                + tf.cast(mean, self.moving_mean.dtype) * (1 - m))
         self.moving_variance.assign(self.moving_variance * m
                                     + tf.cast(var, self.moving_variance.dtype) * (1 - m))
         return tf.cast(tf.reshape(y, _dims(inputs)), self.compute_dtype)
@@ -515,7 +518,7 @@ def round_width(width, multiplier, divisor=8):
 
 
 def se_width(channels, ratio=0.0625, divisor=8):
-    """SE bottleneck width: round_width(C * 1/16) (docs/architecture.md#d21d-unit)."""
+    """SE bottleneck width: round_width(C * 1/16) (architecture.md: D(2+1)D)."""
     return round_width(channels, ratio, divisor)
 
 
@@ -530,14 +533,15 @@ def apply_squeeze_excite(x, name):
 
 
 def apply_stem(x, width, *, fold_bn, name="stem"):
-    """conv_xy 1x3x3 stride (1,2,2) -> depthwise 5x1x1 -> BN -> ReLU (docs/architecture.md#the-network)."""
+    """conv_xy 1x3x3 stride (1,2,2) -> depthwise 5x1x1 -> BN -> ReLU
+    (architecture.md: the network)."""
     x = SpatialConv(3, strides=2, depthwise=False, filters=width, name=name + "_conv_xy")(x)
     return apply_conv_bn(x, TemporalDepthwiseConv, name + "_conv_t", fold_bn=fold_bn,
                          activation="relu", kernel_size=5)
 
 
 def apply_d2plus1d_unit(x, inner, *, stride, use_se, fold_bn, name):
-    """D(2+1)D bottleneck (docs/architecture.md#d21d-unit)::
+    """D(2+1)D bottleneck (architecture.md: D(2+1)D)::
 
         x -> 1x1x1 (Ci) BN ReLU -> dw 1x3x3 /s -> dw 3x1x1 BN -> [SE] -> Swish
           -> 1x1x1 (Ci/2) BN -> (+ x if shapes allow) -> ReLU
@@ -557,7 +561,7 @@ def apply_d2plus1d_unit(x, inner, *, stride, use_se, fold_bn, name):
 
 
 def apply_shortcut(x, width, stride, *, fold_bn, name):
-    """Projection (1x1x1 /s + BN) when width or resolution changes, else identity (§3)."""
+    """Projection (1x1x1 /s + BN) when width or resolution changes, else identity."""
     if x.shape[-1] == width and stride == 1:
         return x
     return apply_conv_bn(x, PointwiseConv3D, name + "_shortcut", fold_bn=fold_bn,
@@ -565,7 +569,7 @@ def apply_shortcut(x, width, stride, *, fold_bn, name):
 
 
 def apply_t_osa_block(x, inner, width, num_conv, *, stride, fold_bn, name):
-    """Residual T-OSA block (docs/architecture.md#t-osa-block-vov3d)::
+    """Residual T-OSA block (architecture.md: T-OSA)::
 
         x -> unit_0 -> unit_1 -> ... -> unit_{n-1}      (each sees a longer temporal field)
         concat([x (stride 1 only), out_0, ..., out_{n-1}]) -> 1x1x1 -> BN (zero gamma)
@@ -605,7 +609,7 @@ def apply_x3d_block(x, inner, width, *, stride, use_se, fold_bn, name):
 
 def apply_head(x, conv5_width, lin5_width, num_classes, *, dropout_rate, fold_bn, pool_size=None,
                name="head"):
-    """X3D head (docs/architecture.md#the-head-and-head_pool_size)::
+    """X3D head (architecture.md: head)::
 
         1x1x1 (conv_5) BN ReLU -> mean over T,H,W -> linear (lin_5, no bias) ReLU
           -> dropout -> linear (projection, bias) -> logits

@@ -1,19 +1,20 @@
 """VoV3D-M/L and the X3D-M/L baselines as Keras functional models.
 
-Architecture constants and channel formulas come from docs/architecture.md
-(sections 1, 8 and 14), i.e. from the official VoV3D configs; variants are pure data.
+Architecture constants and channel formulas come from
+docs/architecture.md#variants-and-channel-tables (the official VoV3D configs); variants are pure
+data.
 """
 
 import keras
 
 from vov3d_tf.model import layers as L
 
-# VoV3D (§1): stage widths are multiples of the base width c (INNER_CH).
+# VoV3D: stage widths are multiples of the base width c (INNER_CH).
 VOV3D_INNER_MULTIPLIER = (1, 2, 4, 8)
 VOV3D_OUT_MULTIPLIER = (0.5, 1.0, 2, 4)
 HEAD_LIN5_WIDTH = 2048  # X3D.DIM_C5, read by both families
 
-# X3D (§14.1): base widths b2..b5 = 12, 24, 48, 96 scaled by WIDTH_FACTOR 2.0 (divisor-8 rounding);
+# X3D: base widths b2..b5 = 12, 24, 48, 96 scaled by WIDTH_FACTOR 2.0 (divisor-8 rounding);
 # inner width = int(2.25 * out). Block counts are ceil(DEPTH_FACTOR * (1, 2, 5, 3)) in float64,
 # hard-coded (a float32 2.2 would give 12 instead of 11 in s4).
 X3D_WIDTH_FACTOR = 2.0
@@ -53,7 +54,7 @@ def base_width_error(family, base_width):
 
 
 def vov3d_widths(base_width):
-    """(stem width, per-stage (dim_inner, dim_out)) of VoV3D with base width c (§1)."""
+    """(stem width, per-stage (dim_inner, dim_out)) of VoV3D with base width c."""
     stem = int(base_width / 2)
     stages = [(int(base_width * mi), int(base_width * mo))
               for mi, mo in zip(VOV3D_INNER_MULTIPLIER, VOV3D_OUT_MULTIPLIER)]
@@ -61,7 +62,7 @@ def vov3d_widths(base_width):
 
 
 def x3d_widths(base_width):
-    """(stem width, per-stage (dim_inner, dim_out)) of X3D with DIM_C1 = base width (§14.1)."""
+    """(stem width, per-stage (dim_inner, dim_out)) of X3D with DIM_C1 = base width."""
     bases = [base_width]
     for _ in range(3):
         bases.append(round_width(bases[-1], 2))

@@ -1,8 +1,8 @@
 """Width/depth search space: keras-tuner hyperparameters -> `create_model` kwargs and
 training-config overrides. Nothing else.
 
-The architecture itself lives in `vov3d_tf.model.networks`; a trial is the base experiment config with
-a few keys replaced, built and trained by the same code as `train.py` (STYLE.md: the tuner
+The architecture itself lives in `vov3d_tf.model.networks`; a trial is the base experiment config
+with a few keys replaced, built and trained by the same code as `train.py` (STYLE.md: the tuner
 never copies the model). The hyperparameter names are the config keys they set:
 
     base_width  -> model.base_width   (VoV3D c / X3D DIM_C1)
@@ -40,7 +40,7 @@ def decode_blocks(text):
 
 
 def has_num_conv(model_name):
-    """Whether the model has a num_conv hyperparameter (VoV3D; `vov3d_tf.model.networks` decides)."""
+    """Whether the model has a num_conv hyperparameter (VoV3D; `model.networks` decides)."""
     return models.has_num_conv(models.model_family(model_name))
 
 

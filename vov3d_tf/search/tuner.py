@@ -27,8 +27,8 @@ def _write_error(run_dir, text):
 class SearchTuner(kt.engine.base_tuner.BaseTuner):
     """Runs each trial with `train_fn(trial_config) -> {"top1", "top5", ...}`.
 
-    `train_fn` defaults to `vov3d_tf.train.training.run` (exactly what `train.py` runs: train for the
-    trial's epochs, then the multi-view test on `data.eval_files`). Each trial trains in
+    `train_fn` defaults to `vov3d_tf.train.training.run` (exactly what `train.py` runs: train for
+    the trial's epochs, then the multi-view test on `data.eval_files`). Each trial trains in
     `<project>/trial_<id>/run/`, which is also what makes an interrupted trial resumable.
     """
 

@@ -1,6 +1,7 @@
 """What a training run is: run(cfg) top to bottom and everything it uses.
 
-    training.py    run(cfg) and evaluate_run(cfg): setup, data, model, restore, fit, finish (vov3d-train)
+    training.py    run(cfg) and evaluate_run(cfg): setup, data, model, restore, fit, finish
+                   (vov3d-train)
     data.py        the run's data: demo shards, checks, record counts, the config's datasets
     optim.py       the reference's SGD step, the LR schedules, the optimizer of train.optimizer
     finetune.py    model.init_weights (pretrained weights) and train.freeze

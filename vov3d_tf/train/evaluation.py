@@ -1,4 +1,5 @@
-"""The paper's multi-view test and precise BatchNorm statistics (docs/architecture.md#training-recipe).
+"""The paper's multi-view test and precise BatchNorm statistics (docs/architecture.md,
+"Training recipe").
 
 Multi-view test: every view (clip x spatial crop) of a video goes through the model in
 inference mode, the softmax of each view is **summed** per video (`ENSEMBLE_METHOD sum`) and

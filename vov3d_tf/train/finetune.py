@@ -1,11 +1,12 @@
 """Fine-tuning: start a run from pretrained weights, and freeze part of the network.
 
 The paper's best Something-Something results start from a Kinetics-400 VoV3D and fine-tune it
-(docs/architecture.md#training-recipe, "finetune from K400"). `load_initial_weights(model, path)` copies a `.keras`
-model of this project, or an official PySlowFast `.pth`/`.pyth`/`.npz` checkpoint (through
-`vov3d_tf.model.convert`), into a freshly built model. When only the number of classes differs, the
-classifier (`head_projection`) keeps its fresh initialisation, the reference's (§7: weight
-N(0, 0.01^2), bias 0); any other difference is an error naming every layer and shape.
+(docs/architecture.md#training-recipe, "finetune from K400"). `load_initial_weights(model, path)`
+copies a `.keras` model of this project, or an official PySlowFast `.pth`/`.pyth`/`.npz` checkpoint
+(through `vov3d_tf.model.convert`), into a freshly built model. When only the number of classes
+differs, the classifier (`head_projection`) keeps its fresh initialisation, the reference's
+(docs/architecture.md#initialisation: weight N(0, 0.01^2), bias 0); any other difference is an error
+naming every layer and shape.
 
 `freeze(model, what)` stops training the backbone (`backbone`: only the head trains) or every
 stage up to a named one (`stem`, `s2` ... `s5`); a frozen BatchNorm runs in inference mode (its

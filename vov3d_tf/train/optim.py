@@ -1,13 +1,14 @@
-"""The reference's optimizer step and LR schedules (docs/architecture.md#training-recipe; docs/architecture.md).
+"""The reference's optimizer step and LR schedules (docs/architecture.md#training-recipe).
 
     make_optimizer(train_cfg, model, steps_per_epoch)   the optimizer of `train.optimizer`
     make_schedule(train_cfg, steps_per_epoch)           the LR policy of `train.lr_policy`
 
 The SGD step: PyTorch SGD (momentum, Nesterov, coupled L2 weight decay).
 
-The paper trains with PySlowFast's `torch.optim.SGD` (docs/architecture.md#training-recipe): momentum 0.9,
-Nesterov, dampening 0, and weight decay added to the gradient before momentum, on every
-parameter whose official PyTorch name does not contain "bn". Per step, with learning rate `lr`::
+The paper trains with PySlowFast's `torch.optim.SGD` (architecture.md: training recipe):
+momentum 0.9, Nesterov, dampening 0, and weight decay added to the gradient before momentum, on
+every parameter whose official PyTorch name does not contain "bn". Per step, with learning rate
+`lr`::
 
     g = grad + wd * w            (only for the decayed parameters)
     b = m * b + g                (the momentum buffer holds raw gradient sums, no LR inside)
@@ -26,7 +27,7 @@ Which parameters are decayed comes from the official names (`vov3d_tf.model.conv
 the converter's mapping), so the reference's naming quirk is reproduced: the BNs inside each
 D(2+1)D's `nn.Sequential` are `...a.1` and `...c.1`, names without "bn", and *are* decayed
 (80 of VoV3D-M's 134 BN layers), as are all biases (SE fc1/fc2, the classifier). In X3D every
-BN is named `*_bn` and none is decayed (§14.5).
+BN is named `*_bn` and none is decayed (architecture.md: a.1/c.1 quirk).
 """
 import math
 
@@ -134,7 +135,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(package="vov3d_tf")
 class WarmupStepsDecay(LinearWarmup):
-    """PySlowFast's `steps_with_relative_lrs` policy with linear warm-up, per step (§12)::
+    """PySlowFast's `steps_with_relative_lrs` policy with linear warm-up, per step::
 
         lr(s) = peak * relative[i]      for the last i with lr_steps[i] <= s / steps_per_epoch
         lr(s) = start + (lr(warmup) - start) * s / warmup                     s <  warmup
@@ -170,7 +171,8 @@ class WarmupStepsDecay(LinearWarmup):
 
 @keras.saving.register_keras_serializable(package="vov3d_tf")
 class WarmupCosineDecay(LinearWarmup):
-    """PySlowFast's cosine policy with linear warm-up, per step (docs/architecture.md#training-recipe)::
+    """PySlowFast's cosine policy with linear warm-up, per step
+    (architecture.md: training recipe)::
 
         lr(s) = 0.5 * peak * (1 + cos(pi * s / total))                       s >= warmup
         lr(s) = start + (lr(warmup) - start) * s / warmup                     s <  warmup

@@ -180,7 +180,8 @@ def _run(cfg, *, source, force, datasets, verbose):
                               best_top1, save_fn, cfg.eval.max_views_per_batch), saver]
     if chief:
         callbacks += [GfileCSVLogger(os.path.join(out, rundir.HISTORY), append=True),
-                      keras.callbacks.TensorBoard(os.path.join(out, rundir.LOGS), update_freq="epoch")]
+                      keras.callbacks.TensorBoard(os.path.join(out, rundir.LOGS),
+                                                  update_freq="epoch")]
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     t_train = time.time()
