@@ -1,9 +1,9 @@
 """Throughput and peak memory of the models on this machine, optionally beside the PyTorch peer.
 
     vov3d-bench                                  # every model, 224 and 160, b1/b8/train b8
-    vov3d-bench --models vov3d_m --sizes 224 --peer ../shared/bench/torch_peer.py
+    vov3d-bench --models vov3d_m --sizes 224 --peer torch_peer.py
     vov3d-bench --models vov3d_m --sizes 224 --batches 1 --train-batch 0 \
-        --runtimes litert,litert-int8 --peer ../shared/bench/torch_peer.py --openvino
+        --runtimes litert,litert-int8 --peer torch_peer.py --openvino
 
 Prints one JSON line per case: clips/s from the median (and the fastest) of `--runs` timed calls
 after `--warmup` untimed ones, the peak RSS of the process that ran it, the RSS of a process
