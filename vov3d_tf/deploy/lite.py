@@ -392,7 +392,7 @@ def _ops(value):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="vov3d-lite", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("weights", help=".keras model written by train.py or vov3d_tf.model.convert")
+    p.add_argument("weights", help=".keras model written by vov3d-train or vov3d-convert")
     p.add_argument("--output", required=True, help="the .tflite file to write")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224, help="crop height and width")

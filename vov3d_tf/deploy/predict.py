@@ -178,7 +178,7 @@ class SavedModelRuntime:
         loaded = tf.saved_model.load(self.path)
         if SIGNATURE_FRAMES not in loaded.signatures:
             raise ValueError(f"{self.path}: no {SIGNATURE_FRAMES!r} signature (signatures: "
-                             f"{sorted(loaded.signatures)}); export it with export.py")
+                             f"{sorted(loaded.signatures)}); export it with vov3d-export")
         self._loaded = loaded  # keeps the signature's variables alive
         self._fn = loaded.signatures[SIGNATURE_FRAMES]
         self.labels = read_labels(fileio.join(self.path, "assets", LABELS_ASSET))

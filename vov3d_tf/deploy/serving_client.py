@@ -3,7 +3,7 @@
 The served graph samples the model's T frames per video (segment centres or dense windows, as
 evaluation does). A client can do that sampling itself and send only those frames, at the test
 short side: a request then carries T small JPEGs instead of a whole video, and with an export
-made with `export.py --client-sampling` every request has the same shape (batch, num_clips x T),
+made with `vov3d-export --client-sampling` every request has the same shape (batch, num_clips x T),
 which is what TF Serving's request batching concatenates.
 
     from vov3d_tf.deploy import serving_client
@@ -13,7 +13,7 @@ which is what TF Serving's request batching concatenates.
     request = serving_client.grpc_request([frames], "vov3d_m") # PredictionService.Predict
 
 Frames are read with `vov3d_tf.data.video_io.read_video` (every frame, resized to the spec's
-test short side, JPEG quality 90: what `build_shards` stores) and sampled with
+test short side, JPEG quality 90: what `vov3d-build-shards` stores) and sampled with
 `vov3d_tf.data.preprocess.eval_indices`, the function the graph and evaluation use, so the
 served result equals evaluation of the same video. The spec comes from the export's
 `assets.extra/export_info.json` (copy that file to clients; TF Serving does not serve it).

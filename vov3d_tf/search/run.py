@@ -130,7 +130,7 @@ def run_search(cfg, *, source="config", overwrite=False, train_fn=None, cost_fn=
     if summary["best_config"]:
         log(f"best: trial {summary['best_trial']} ({cfg.search.objective} "
              f"{summary['best_score']:.4f}) -> train it with "
-             f"`python train.py --config {summary['best_config']}`")
+             f"`vov3d-train --config {summary['best_config']}`")
     else:
         log("no trial completed: no best.json written")
     return summary

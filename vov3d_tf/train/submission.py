@@ -1,6 +1,6 @@
 """A test-set submission file from an evaluation's predictions.csv (hidden-label test splits).
 
-    python train.py --config configs/ssv2.json --eval-only --set data.eval_files='data/ssv2/test-*'
+    vov3d-train --config configs/ssv2.json --eval-only --set data.eval_files='data/ssv2/test-*'
     vov3d-submission runs/ssv2/eval/predictions.csv --output submission.csv \\
         --ids /data/ssv2/test.json [--answers /data/ssv2/test-answers.csv]
 
