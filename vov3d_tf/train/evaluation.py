@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from vov3d_tf import _compat, fileio
+from vov3d_tf.train import rundir
 
 __all__ = ["evaluate", "describe", "json_metrics", "multi_view_scores", "topk_accuracy",
            "precise_bn", "write_per_class_csv", "write_predictions_csv", "plot_confusion_matrix"]
@@ -150,11 +151,11 @@ def evaluate(model, dataset, num_classes, *, class_names=None, output_dir=None,
         fileio.makedirs(output_dir)
         names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
         result["per_class_csv"] = write_per_class_csv(
-            os.path.join(output_dir, prefix + "per_class_accuracy.csv"), confusion, names)
+            os.path.join(output_dir, prefix + rundir.PER_CLASS_CSV), confusion, names)
         result["confusion_png"] = plot_confusion_matrix(
-            os.path.join(output_dir, prefix + "confusion_matrix.png"), confusion, names)
+            os.path.join(output_dir, prefix + rundir.CONFUSION_PNG), confusion, names)
         result["predictions_csv"] = write_predictions_csv(
-            os.path.join(output_dir, prefix + "predictions.csv"), all_files, labels,
+            os.path.join(output_dir, prefix + rundir.PREDICTIONS_CSV), all_files, labels,
             scores / max(num_views, 1), names, top_k)
     return result
 

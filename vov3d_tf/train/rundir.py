@@ -7,7 +7,7 @@
     final_metrics.json     top-1/top-5 of the final multi-view test; its presence = finished
     per_class_accuracy.csv, confusion_matrix.png, predictions.csv   the final test (evaluation.py)
     init_weights.json      model.init_weights: source path, sha256, what was loaded/re-initialised
-    eval/                  `--eval-only` results
+    eval/                  `--eval-only` results (metrics.json and the final test's files)
 """
 import os
 
@@ -20,7 +20,8 @@ from vov3d_tf.model.networks import VideoClassifier
 from vov3d_tf.train.distribute import worker_path
 
 __all__ = ["CONFIG", "CHECKPOINTS", "LOGS", "HISTORY", "BEST", "LAST", "FINAL_METRICS",
-           "INIT_WEIGHTS", "EVAL_DIR", "PER_CLASS_CSV", "CONFUSION_PNG", "PREDICTIONS_CSV",
+           "INIT_WEIGHTS", "EVAL_DIR", "EVAL_METRICS", "PER_CLASS_CSV", "CONFUSION_PNG",
+           "PREDICTIONS_CSV",
            "RUN_FILES", "prepare", "trained_weights", "check_optimizer_form",
            "save_inference_model"]
 
@@ -33,6 +34,7 @@ LAST = "last.keras"
 FINAL_METRICS = "final_metrics.json"
 INIT_WEIGHTS = "init_weights.json"
 EVAL_DIR = "eval"
+EVAL_METRICS = "metrics.json"  # in EVAL_DIR: the --eval-only result
 PER_CLASS_CSV = "per_class_accuracy.csv"
 CONFUSION_PNG = "confusion_matrix.png"
 PREDICTIONS_CSV = "predictions.csv"

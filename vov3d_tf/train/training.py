@@ -252,7 +252,7 @@ def evaluate_run(cfg, *, weights=None, source="config", datasets=None, output_di
     metrics.update(weights=weights, per_class_csv=result["per_class_csv"],
                    confusion_png=result["confusion_png"],
                    predictions_csv=result["predictions_csv"])
-    fileio.write_json(os.path.join(out, "metrics.json"), metrics, indent=2)
+    fileio.write_json(os.path.join(out, rundir.EVAL_METRICS), metrics, indent=2)
     print(f"[vov3d] {weights}: multi-view test ({result['num_videos']} videos x "
           f"{result['num_views']} views): {evaluation.describe(result)}", flush=True)
     return metrics

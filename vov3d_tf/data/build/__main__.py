@@ -1,6 +1,6 @@
 """Build TFRecord shards from videos or frame folders and the public annotations.
 
-    vov3d-build-shards --output-dir data/ssv2 --split train --ssv2-dir /datasets/ssv2 --num-shards 256
+    vov3d-build-shards --output-dir data/ssv2 --split train --ssv2-dir /data/ssv2 --num-shards 256
     vov3d-build-shards --output-dir data/k400 --split validation \\
         --k400-csv kinetics400/validate.csv --videos-root /datasets/k400 --fps 30 --labels k400.txt
     vov3d-build-shards --output-dir data/mine --split train --csv train.csv
@@ -33,8 +33,9 @@ def load_items(args):
     """(items, labels) from the parsed command-line input flags."""
     inputs = [n for n in ("csv", "ssv2_dir", "ssv1_dir", "k400_csv") if getattr(args, n)]
     if len(inputs) != 1:
+        given = ['--' + n.replace('_', '-') for n in inputs] or 'none'
         raise SystemExit(f"error: give exactly one input of --csv, --ssv2-dir, --ssv1-dir, "
-                         f"--k400-csv (got {['--' + n.replace('_', '-') for n in inputs] or 'none'})")
+                         f"--k400-csv (got {given})")
     labels = annotations.read_labels_file(args.labels) if args.labels else None
     if args.csv:
         return annotations.parse_csv(args.csv, labels=labels, frames_root=args.frames_root)
@@ -71,8 +72,8 @@ def main(argv=None):
     parser.add_argument("--videos-root", help="where the videos are (K400; SSv2 optional)")
     parser.add_argument("--labels", help="class names, one per line (fixes the index order)")
     parser.add_argument("--num-shards", type=int, default=16)
-    parser.add_argument("--short-side", type=int, default=fmt.SHORT_SIDE, help="resize, never upscale; 0 = "
-                                                                     "keep the size")
+    parser.add_argument("--short-side", type=int, default=fmt.SHORT_SIDE,
+                        help="resize, never upscale; 0 = keep the size")
     parser.add_argument("--fps", type=float, default=None,
                         help="resample to this frame rate (default: every frame; 30 for K400)")
     parser.add_argument("--jpeg-quality", type=int, default=fmt.JPEG_QUALITY)

@@ -174,7 +174,8 @@ def build(items, labels, *, output_dir, split, num_shards, params, workers=None,
     ctx = multiprocessing.get_context("fork")
     workers = workers or os.cpu_count() or 1
     pool = ctx.Pool(workers) if workers > 1 and jobs else None
-    stream = (pool.imap(load_video, jobs, chunksize=1) if pool is not None else map(load_video, jobs))
+    stream = (pool.imap(load_video, jobs, chunksize=1) if pool is not None
+              else map(load_video, jobs))
     try:
         for k, name, digest, shard_items in todo:
             def on_video(n_skipped, done=skipped_done):
@@ -182,8 +183,8 @@ def build(items, labels, *, output_dir, split, num_shards, params, workers=None,
                 bar.set_postfix(skipped=done + n_skipped, refresh=False)
 
             outcomes = (next(stream) for _ in shard_items)
-            results[k] = write_shard(output_dir, split, name, digest, shard_items, outcomes, len(labels),
-                                     gzip=gzip, on_video=on_video)
+            results[k] = write_shard(output_dir, split, name, digest, shard_items, outcomes,
+                                     len(labels), gzip=gzip, on_video=on_video)
             skipped_done += results[k]["skipped"]
     finally:
         bar.close()
